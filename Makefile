@@ -1,0 +1,82 @@
+# notifyd: the two commands a newcomer runs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN := .run
+# `make demo` and `make test` each run their own private RabbitMQ node.
+DEMO_NODE := NOTIFYD_DEV_DIR=$(CURDIR)/.rabbitmq/demo NOTIFYD_DEV_AMQP_PORT=56720 NOTIFYD_DEV_NODENAME=notifyd-demo
+TEST_NODE := NOTIFYD_DEV_DIR=$(CURDIR)/.rabbitmq/test NOTIFYD_DEV_AMQP_PORT=56730 NOTIFYD_DEV_NODENAME=notifyd-test
+AMQP_URL := amqp://guest:guest@127.0.0.1:56720/%2F
+DEMO_PORT ?= 8080
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup venv npm rabbitmq-installed demo demo-kill demo-stop test lint format clean
+
+setup: venv npm rabbitmq-installed
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: setup.py pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "installing python3-venv"; $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && \
+	  $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+npm: node_modules/.installed
+node_modules/.installed: package.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+rabbitmq-installed:
+	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || { \
+	  echo "installing Debian's rabbitmq-server"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server; }
+
+lint: venv
+	$(VENV)/bin/ruff check notifyd tests twisted setup.py
+	$(VENV)/bin/ruff format --check notifyd tests twisted setup.py
+
+format: venv
+	$(VENV)/bin/ruff format notifyd tests twisted setup.py
+	$(VENV)/bin/ruff check --fix notifyd tests twisted setup.py
+
+test: setup lint
+	$(TEST_NODE) $(PY) -m notifyd.devbroker start
+	@rc=0; $(TEST_NODE) $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \
+	exit $$rc
+
+demo: setup demo-kill
+	$(DEMO_NODE) $(PY) -m notifyd.devbroker start
+	@mkdir -p $(RUN)
+	$(VENV)/bin/twistd --pidfile=$(RUN)/notifyd.pid --logfile=$(RUN)/notifyd.log notifyd \
+	  --amqp-url '$(AMQP_URL)' --listen tcp:$(DEMO_PORT):interface=127.0.0.1 \
+	  --allow-anonymous --allow-publish demo.
+	@$(PY) -m notifyd.devbroker wait-http http://127.0.0.1:$(DEMO_PORT)/readyz || \
+	  { echo "notifyd did not become ready; see $(RUN)/notifyd.log"; exit 1; }
+	@nohup $(VENV)/bin/notifyd-publish --amqp-url '$(AMQP_URL)' --demo --rate 0.5 \
+	  > $(RUN)/publisher.log 2>&1 & echo $$! > $(RUN)/publisher.pid
+	@echo
+	@echo "  notifyd is running and sample invoice events are being published."
+	@echo "  Open  http://127.0.0.1:$(DEMO_PORT)/  in your browser."
+	@echo
+	@echo "  WebSocket (WAMP v2): ws://127.0.0.1:$(DEMO_PORT)/ws   realm: realm1"
+	@echo "  Publish your own:    $(VENV)/bin/notifyd-publish --amqp-url '$(AMQP_URL)' invoice.sent '{\"invoice\": \"INV-1\"}'"
+	@echo "  Logs: $(RUN)/notifyd.log, $(RUN)/publisher.log    Stop everything: make demo-stop"
+
+demo-stop: demo-kill
+	-@[ -x $(PY) ] && $(DEMO_NODE) $(PY) -m notifyd.devbroker stop
+
+demo-kill:
+	-@[ -f $(RUN)/publisher.pid ] && kill $$(cat $(RUN)/publisher.pid) 2>/dev/null; rm -f $(RUN)/publisher.pid
+	-@[ -f $(RUN)/notifyd.pid ] && kill $$(cat $(RUN)/notifyd.pid) 2>/dev/null; \
+	  for i in $$(seq 1 50); do [ -f $(RUN)/notifyd.pid ] || break; sleep 0.1; done; true
+
+clean: demo-stop
+	rm -rf $(VENV) node_modules .rabbitmq $(RUN) *.egg-info

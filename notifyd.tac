@@ -1,0 +1,11 @@
+# Run notifyd from a tac file:  twistd -ny notifyd.tac
+#
+# Settings come from the environment (NOTIFYD_*) and, if NOTIFYD_CONFIG names
+# one, a TOML config file -- the same keys as `twistd notifyd --help` lists.
+from twisted.application import service
+
+from notifyd import config
+from notifyd.tap import NotifydService
+
+application = service.Application("notifyd")
+NotifydService(config.load()).setServiceParent(application)

@@ -1,0 +1,267 @@
+"""
+The AMQP side: one connection to RabbitMQ, this node's queue, its bindings,
+the consumer loop and client publications.
+
+On every (re)connect the service declares the events exchange (a durable
+topic exchange, or checks it passively), declares an exclusive, auto-delete,
+server-named queue, sets the prefetch, re-applies every binding the broker
+holds (:class:`notifyd.bindings.Bindings`), opens a second channel in
+publisher-confirm mode and starts consuming with manual acks.  Each delivery
+is handed to the router synchronously (decoded once, fanned out into the
+sessions' transports) and acked afterwards; a delivery the router refuses
+(:class:`notifyd.events.BadEvent`) is rejected without requeue so that a
+dead-letter exchange, if configured, catches it.
+
+While RabbitMQ is unreachable the service retries with exponential backoff;
+WebSocket sessions stay open and subscribed, new SUBSCRIBEs wait for their
+binding, and publications fail with ``notifyd.error.publish_unavailable``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pika
+from pika.adapters.twisted_connection import TwistedProtocolConnection
+from pika.exceptions import NackError, UnroutableError
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from notifyd.bindings import Bindings
+from notifyd.events import BadEvent, Publication
+from notifyd.router import PublishRejected, PublishUnavailable
+
+
+class _QueueBinder:
+    """Binds this node's queue to the events exchange on one channel."""
+
+    def __init__(self, channel: Any, queue: str, exchange: str) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._exchange = exchange
+
+    def bind(self, key: str) -> Deferred[Any]:
+        return self._channel.queue_bind(queue=self._queue, exchange=self._exchange, routing_key=key)
+
+    def unbind(self, key: str) -> Deferred[Any]:
+        return self._channel.queue_unbind(
+            queue=self._queue, exchange=self._exchange, routing_key=key
+        )
+
+
+class _ConnectionFactory(Factory):
+    def __init__(self, params: pika.ConnectionParameters) -> None:
+        self.params = params
+
+    def buildProtocol(self, addr: Any) -> TwistedProtocolConnection:
+        proto = TwistedProtocolConnection(self.params)
+        proto.factory = self
+        return proto
+
+
+def endpoint_for(reactor: Any, url: str) -> tuple[Any, pika.URLParameters]:
+    """The Twisted client endpoint and pika parameters for an AMQP URL."""
+    params = pika.URLParameters(url)
+    endpoint = HostnameEndpoint(reactor, params.host, params.port, timeout=10)
+    if params.ssl_options is not None:
+        endpoint = wrapClientTLS(optionsForClientTLS(params.host), endpoint)
+    return endpoint, params
+
+
+class AMQPService(Service):
+    """Keeps this node connected, bound and consuming."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        exchange: str,
+        bindings: Bindings,
+        deliver: Callable[[str, Any, bytes], Any],
+        *,
+        exchange_passive: bool = False,
+        prefetch: int = 256,
+        dead_letter_exchange: str | None = None,
+        max_retry_delay: float = 10.0,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self._reactor = reactor
+        self.url = url
+        self.exchange = exchange
+        self.exchange_passive = exchange_passive
+        self.prefetch = prefetch
+        self.dead_letter_exchange = dead_letter_exchange
+        self.bindings = bindings
+        self._deliver = deliver
+        self._max_retry_delay = max_retry_delay
+        self._client: ClientService | None = None
+        self._conn: TwistedProtocolConnection | None = None
+        self._publish_channel: Any = None
+        self.queue: str | None = None
+        self.ready = False
+        self.reconnects = 0
+        self._connected_once = False
+
+    # -- Service ---------------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        endpoint, params = endpoint_for(self._reactor, self.url)
+        factory = _ConnectionFactory(params)
+        self._client = ClientService(
+            endpoint,
+            factory,
+            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=self._max_retry_delay),
+            clock=self._reactor,
+            prepareConnection=self._prepare,
+        )
+        self._client.startService()
+        self._log.info(
+            "connecting to RabbitMQ at {host}:{port}",
+            host=params.host,
+            port=params.port,
+        )
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        self.ready = False
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            try:
+                yield conn.close()
+            except Exception:
+                pass
+        if self._client is not None:
+            yield self._client.stopService()
+
+    # -- connection set-up -------------------------------------------------------
+    @inlineCallbacks
+    def _prepare(self, conn: TwistedProtocolConnection) -> Any:
+        try:
+            yield conn.ready
+            channel = yield conn.channel()
+            if self.exchange_passive:
+                yield channel.exchange_declare(exchange=self.exchange, passive=True)
+            else:
+                yield channel.exchange_declare(
+                    exchange=self.exchange, exchange_type="topic", durable=True
+                )
+            arguments = {}
+            if self.dead_letter_exchange:
+                arguments["x-dead-letter-exchange"] = self.dead_letter_exchange
+            frame = yield channel.queue_declare(
+                queue="", exclusive=True, auto_delete=True, arguments=arguments
+            )
+            queue = frame.method.queue
+            yield channel.basic_qos(prefetch_count=self.prefetch)
+            publish_channel = yield conn.channel()
+            yield publish_channel.confirm_delivery()
+            yield self.bindings.attach(_QueueBinder(channel, queue, self.exchange))
+            consumer, _tag = yield channel.basic_consume(queue=queue, auto_ack=False)
+        except Exception:
+            self.bindings.detach()
+            self._log.failure("RabbitMQ set-up failed; retrying")
+            conn.transport.loseConnection()
+            raise
+        self._conn = conn
+        self.queue = queue
+        self._publish_channel = publish_channel
+        conn.closed.addCallback(self._lost, conn)
+        channel.on_closed.addCallback(self._channel_closed, conn, "consumer")
+        publish_channel.on_closed.addCallback(self._channel_closed, conn, "publisher")
+        if self._connected_once:
+            self.reconnects += 1
+        self._connected_once = True
+        self.ready = True
+        self._log.info(
+            "notifyd ready: consuming queue {queue} bound to exchange {exchange} "
+            "({n} binding keys)",
+            queue=queue,
+            exchange=self.exchange,
+            n=len(self.bindings.bound),
+        )
+        self._consume(channel, consumer)
+
+    def _channel_closed(self, reason: Any, conn: Any, which: str) -> None:
+        if conn is self._conn and conn.is_open:
+            self._log.warn(
+                "RabbitMQ closed the {which} channel ({reason}); reconnecting",
+                which=which,
+                reason=reason,
+            )
+            conn.close()
+
+    def _lost(self, reason: Any, conn: Any) -> None:
+        if conn is not self._conn:
+            return
+        self._conn = None
+        self._publish_channel = None
+        self.ready = False
+        self.bindings.detach()
+        if self.running:
+            self._log.warn("lost the RabbitMQ connection ({reason}); reconnecting", reason=reason)
+
+    # -- consuming -----------------------------------------------------------------
+    @inlineCallbacks
+    def _consume(self, channel: Any, consumer: Any) -> Any:
+        while True:
+            try:
+                msg = yield consumer.get()
+            except Exception:
+                return
+            tag = msg.method.delivery_tag
+            try:
+                self._deliver(msg.method.routing_key, msg.properties, msg.body)
+            except BadEvent as e:
+                self._log.warn(
+                    "rejected AMQP message on {key}: {reason}",
+                    key=msg.method.routing_key,
+                    reason=str(e),
+                )
+                channel.basic_reject(tag, requeue=False)
+                continue
+            except Exception:
+                self._log.failure("internal error delivering {key}", key=msg.method.routing_key)
+                channel.basic_reject(tag, requeue=False)
+                continue
+            if channel.is_open:
+                channel.basic_ack(tag)
+
+    # -- publishing -------------------------------------------------------------------
+    def publish(self, publication: Publication) -> Deferred[None]:
+        """Publish to the events exchange; fires on RabbitMQ's confirm."""
+        channel = self._publish_channel
+        if channel is None or not channel.is_open:
+            return fail(PublishUnavailable())
+        props = pika.BasicProperties(
+            content_type="application/json",
+            headers=publication.headers,
+            timestamp=int(time.time()),
+            app_id="notifyd",
+        )
+        d = channel.basic_publish(
+            exchange=self.exchange,
+            routing_key=publication.topic,
+            body=publication.body,
+            properties=props,
+        )
+
+        def translate(f: Failure) -> Failure:
+            if f.check(NackError, UnroutableError):
+                return Failure(PublishRejected())
+            return Failure(PublishUnavailable())
+
+        return d.addCallbacks(lambda _: None, translate)

@@ -1,0 +1,159 @@
+"""
+Reference-counted AMQP bindings of this node's queue.  No I/O of its own.
+
+The broker asks for a binding key when a subscription is created
+(:meth:`Bindings.acquire`) and gives it back when the subscription is deleted
+(:meth:`Bindings.release`).  Several subscriptions may share a key (prefixes
+``inv`` and ``invo`` both need ``#``); the queue is bound while at least one
+holds it.  The Deferred from ``acquire`` fires only once RabbitMQ confirmed the
+binding (``queue.bind-ok``), so SUBSCRIBED is never sent before an event
+published afterwards can reach this node.
+
+The channel is whatever :meth:`attach` was given: an object with ``bind(key)``
+and ``unbind(key)`` returning Deferreds.  While detached (RabbitMQ down), keys
+are only counted; :meth:`attach` after a reconnect re-applies every key held.
+Operations on one key are never concurrent: a change that arrives while a bind
+or unbind is in flight is reconciled when that operation completes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+
+
+class Binder(Protocol):
+    """What :class:`Bindings` needs from an AMQP channel."""
+
+    def bind(self, key: str) -> Deferred[Any]: ...
+
+    def unbind(self, key: str) -> Deferred[Any]: ...
+
+
+class Bindings:
+    """The set of binding keys this node needs, and their state on RabbitMQ."""
+
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self._refs: dict[str, int] = {}
+        self._bound: set[str] = set()
+        self._inflight: set[str] = set()
+        self._waiters: dict[str, list[Deferred[None]]] = {}
+        self._channel: Binder | None = None
+        self._generation = 0
+
+    # -- queries --------------------------------------------------------
+    @property
+    def wanted(self) -> frozenset[str]:
+        """Keys some subscription holds."""
+        return frozenset(self._refs)
+
+    @property
+    def bound(self) -> frozenset[str]:
+        """Keys RabbitMQ confirmed on the current channel."""
+        return frozenset(self._bound)
+
+    def refcount(self, key: str) -> int:
+        return self._refs.get(key, 0)
+
+    # -- subscriptions ---------------------------------------------------
+    def acquire(self, key: str) -> Deferred[None]:
+        """Hold ``key``; the Deferred fires once the binding is confirmed.
+
+        Cancelling the Deferred stops waiting; it does not release the key.
+        """
+        self._refs[key] = self._refs.get(key, 0) + 1
+        if key in self._bound and key not in self._inflight:
+            return succeed(None)
+
+        def cancel(d: Deferred[None]) -> None:
+            waiting = self._waiters.get(key, [])
+            if d in waiting:
+                waiting.remove(d)
+                if not waiting:
+                    del self._waiters[key]
+
+        d: Deferred[None] = Deferred(cancel)
+        self._waiters.setdefault(key, []).append(d)
+        self._sync(key)
+        return d
+
+    def release(self, key: str) -> None:
+        """Give ``key`` back; the queue is unbound when nobody holds it."""
+        n = self._refs.get(key, 0) - 1
+        if n < 0:
+            raise KeyError(f"binding key {key!r} was not acquired")
+        if n == 0:
+            del self._refs[key]
+        else:
+            self._refs[key] = n
+        self._sync(key)
+
+    # -- channel lifecycle -----------------------------------------------
+    def attach(self, channel: Binder) -> Deferred[Any]:
+        """Use ``channel`` (a fresh queue): bind every held key.
+
+        The Deferred fires when every key held now has been bound.
+        """
+        self._generation += 1
+        self._channel = channel
+        self._bound.clear()
+        self._inflight.clear()
+        waits = [self._wait_bound(key) for key in list(self._refs)]
+        return DeferredList(waits, consumeErrors=True)
+
+    def detach(self) -> None:
+        """The channel is gone (its exclusive queue with it)."""
+        self._generation += 1
+        self._channel = None
+        self._bound.clear()
+        self._inflight.clear()
+
+    # -- internals ---------------------------------------------------------
+    def _wait_bound(self, key: str) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiters.setdefault(key, []).append(d)
+        self._sync(key)
+        return d
+
+    def _sync(self, key: str) -> None:
+        channel = self._channel
+        if channel is None or key in self._inflight:
+            return
+        wanted = key in self._refs
+        bound = key in self._bound
+        if wanted and not bound:
+            op, after = channel.bind, self._bound.add
+        elif bound and not wanted:
+            op, after = channel.unbind, self._bound.discard
+        else:
+            if wanted and bound:
+                self._wake(key)
+            return
+        generation = self._generation
+        self._inflight.add(key)
+
+        def done(_: object) -> None:
+            if generation != self._generation:
+                return
+            self._inflight.discard(key)
+            after(key)
+            self._sync(key)
+
+        def failed(f: Any) -> None:
+            if generation != self._generation:
+                return
+            self._inflight.discard(key)
+            # A failed queue.bind closes the channel; the AMQP service
+            # reconnects and attach() retries every held key.
+            self._log.failure("AMQP binding change for {key} failed", f, key=key)
+
+        op(key).addCallbacks(done, failed)
+
+    def _wake(self, key: str) -> None:
+        waiters = self._waiters.pop(key, [])
+        for d in waiters:
+            d.callback(None)

@@ -1,0 +1,251 @@
+"""
+The broker: subscriptions and fan-out.  No network I/O.
+
+Semantics (WAMP v2 basic and advanced profile, as Crossbar.io does them):
+
+* One subscription per (topic, match policy) on this node, with one id shared
+  by every session subscribed to it; a session subscribing twice gets the same
+  id.  The last subscriber leaving deletes the subscription and releases its
+  AMQP binding key.
+* Exact subscriptions are found with one dict lookup; wildcard subscriptions
+  are indexed by their number of components; prefix subscriptions are tested
+  with ``str.startswith``.
+* A subscriber joins the fan-out only once its subscription's binding is
+  confirmed by RabbitMQ (``subscribe()``'s Deferred fires then), so it never
+  gets an EVENT for a subscription it has not seen SUBSCRIBED for.
+* :meth:`Broker.dispatch` builds one EVENT per matching subscription and
+  hands the same message object to every subscriber; the transport encodes it
+  once per serializer.  Events are dispatched in the order they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from autobahn.util import id as random_id
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+
+from notifyd.bindings import Bindings
+from notifyd.events import InboundEvent
+from notifyd.topics import (
+    MATCH_EXACT,
+    MATCH_PREFIX,
+    MATCH_WILDCARD,
+    binding_key,
+    wildcard_matches,
+)
+from notifyd.wamp import make_event
+
+
+class Subscriber(Protocol):
+    """What the broker needs of a session."""
+
+    session_id: int
+
+    def send_event(self, event: Any) -> None: ...
+
+
+class NoSuchSubscription(KeyError):
+    """The session holds no subscription with that id."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One (topic, match) on this node and its subscribers."""
+
+    id: int
+    topic: str
+    match: str
+    key: str
+    subscribers: dict[int, Subscriber] = field(default_factory=dict)
+    pending: dict[int, Subscriber] = field(default_factory=dict)
+    ready: bool = False
+    parts: tuple[str, ...] = ()
+    _bound: Deferred[None] | None = None
+    _waiters: list[Deferred[Subscription]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.subscribers and not self.pending
+
+
+class Broker:
+    """All subscriptions of one node."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        bindings: Bindings,
+        new_id: Callable[[], int] = random_id,
+    ) -> None:
+        self.bindings = bindings
+        self._new_id = new_id
+        self._by_id: dict[int, Subscription] = {}
+        self._by_key: dict[tuple[str, str], Subscription] = {}
+        self._exact: dict[str, Subscription] = {}
+        self._prefix: dict[str, Subscription] = {}
+        self._wildcard: dict[int, dict[str, Subscription]] = {}
+        self._of_session: dict[int, dict[int, Subscription]] = {}
+
+    # -- queries ---------------------------------------------------------
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._by_id.values())
+
+    def get(self, subscription_id: int) -> Subscription | None:
+        return self._by_id.get(subscription_id)
+
+    def of_session(self, session_id: int) -> list[Subscription]:
+        return list(self._of_session.get(session_id, {}).values())
+
+    def match(self, topic: str) -> list[Subscription]:
+        """Every ready subscription that receives ``topic``."""
+        found: list[Subscription] = []
+        sub = self._exact.get(topic)
+        if sub is not None and sub.ready:
+            found.append(sub)
+        if self._prefix:
+            for prefix, sub in self._prefix.items():
+                if sub.ready and topic.startswith(prefix):
+                    found.append(sub)
+        if self._wildcard:
+            parts = topic.split(".")
+            for sub in self._wildcard.get(len(parts), {}).values():
+                if sub.ready and wildcard_matches(sub.parts, parts):
+                    found.append(sub)
+        return found
+
+    # -- subscribe / unsubscribe ----------------------------------------------
+    def subscribe(self, session: Subscriber, topic: str, match: str) -> Deferred[Subscription]:
+        """Subscribe ``session``; fires with the subscription once it is live.
+
+        ``topic`` must already be validated for ``match``.
+        """
+        sub = self._by_key.get((topic, match))
+        if sub is None:
+            sub = self._create(topic, match)
+        sid = session.session_id
+        d: Deferred[Subscription] = Deferred(lambda d: self._cancel_wait(sub, d))
+        if sid in sub.subscribers:
+            d.callback(sub)
+            return d
+        sub.pending[sid] = session
+        self._of_session.setdefault(sid, {})[sub.id] = sub
+        if sub.ready:
+            self._activate(sub, sid)
+            d.callback(sub)
+        else:
+            sub._waiters.append(d)
+        return d
+
+    def unsubscribe(self, session: Subscriber, subscription_id: int) -> Subscription:
+        """Remove ``session`` from a subscription it holds."""
+        sid = session.session_id
+        subs = self._of_session.get(sid, {})
+        sub = subs.get(subscription_id)
+        if sub is None or sid not in sub.subscribers:
+            raise NoSuchSubscription(subscription_id)
+        self._remove(sub, sid)
+        return sub
+
+    def detach(self, session: Subscriber) -> int:
+        """Drop every subscription of a closed session; return how many."""
+        subs = self._of_session.pop(session.session_id, {})
+        for sub in subs.values():
+            self._remove(sub, session.session_id, index=False)
+        return len(subs)
+
+    # -- fan-out -----------------------------------------------------------
+    def dispatch(self, event: InboundEvent) -> int:
+        """Send ``event`` to every entitled subscriber; return how many."""
+        delivered = 0
+        filtered = event.filtered
+        for sub in self.match(event.topic):
+            msg = make_event(sub, event)
+            if filtered:
+                for sid, session in sub.subscribers.items():
+                    if event.receives(sid):
+                        session.send_event(msg)
+                        delivered += 1
+            else:
+                for session in sub.subscribers.values():
+                    session.send_event(msg)
+                delivered += len(sub.subscribers)
+        return delivered
+
+    # -- internals -----------------------------------------------------------
+    def _create(self, topic: str, match: str) -> Subscription:
+        sub = Subscription(
+            id=self._new_id(), topic=topic, match=match, key=binding_key(topic, match)
+        )
+        while sub.id in self._by_id:
+            sub.id = self._new_id()
+        self._by_id[sub.id] = sub
+        self._by_key[(topic, match)] = sub
+        if match == MATCH_EXACT:
+            self._exact[topic] = sub
+        elif match == MATCH_PREFIX:
+            self._prefix[topic] = sub
+        elif match == MATCH_WILDCARD:
+            sub.parts = tuple(topic.split("."))
+            self._wildcard.setdefault(len(sub.parts), {})[topic] = sub
+        sub._bound = self.bindings.acquire(sub.key)
+        sub._bound.addCallbacks(lambda _: self._became_ready(sub), self._ignore_cancel)
+        return sub
+
+    @staticmethod
+    def _ignore_cancel(f: Any) -> None:
+        f.trap(CancelledError)
+
+    def _became_ready(self, sub: Subscription) -> None:
+        sub.ready = True
+        sub._bound = None
+        waiters, sub._waiters = sub._waiters, []
+        for sid in list(sub.pending):
+            self._activate(sub, sid)
+        for d in waiters:
+            d.callback(sub)
+
+    def _activate(self, sub: Subscription, sid: int) -> None:
+        session = sub.pending.pop(sid, None)
+        if session is not None:
+            sub.subscribers[sid] = session
+
+    def _cancel_wait(self, sub: Subscription, d: Deferred[Subscription]) -> None:
+        if d in sub._waiters:
+            sub._waiters.remove(d)
+
+    def _remove(self, sub: Subscription, sid: int, index: bool = True) -> None:
+        sub.subscribers.pop(sid, None)
+        sub.pending.pop(sid, None)
+        if index:
+            subs = self._of_session.get(sid)
+            if subs is not None:
+                subs.pop(sub.id, None)
+                if not subs:
+                    del self._of_session[sid]
+        if sub.empty:
+            self._delete(sub)
+
+    def _delete(self, sub: Subscription) -> None:
+        del self._by_id[sub.id]
+        del self._by_key[(sub.topic, sub.match)]
+        if sub.match == MATCH_EXACT:
+            del self._exact[sub.topic]
+        elif sub.match == MATCH_PREFIX:
+            del self._prefix[sub.topic]
+        else:
+            group = self._wildcard[len(sub.parts)]
+            del group[sub.topic]
+            if not group:
+                del self._wildcard[len(sub.parts)]
+        if sub._bound is not None:
+            sub._bound.cancel()
+            sub._bound = None
+        for d in sub._waiters:
+            d.cancel()
+        sub._waiters = []
+        self.bindings.release(sub.key)

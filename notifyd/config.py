@@ -1,0 +1,321 @@
+"""
+notifyd's settings: one schema, three sources.
+
+Every setting has a config-file key (TOML, ``key = value``), a ``twistd
+notifyd`` flag (``--key-with-dashes``) and an environment variable
+(``NOTIFYD_KEY``).  Precedence: flags > environment > file > defaults.  Values
+are checked once, here, and a bad one raises :class:`ConfigError` naming the
+setting and the problem.  ``docs/configuration.md`` is checked against
+:data:`SETTINGS` by the test suite.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "NOTIFYD_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value notifyd cannot use."""
+
+
+def default_web_root() -> str | None:
+    """``web/`` of a source checkout, if notifyd runs from one."""
+    candidate = Path(__file__).resolve().parent.parent / "web"
+    return str(candidate) if candidate.is_dir() else None
+
+
+# -- validators -----------------------------------------------------------------
+def _amqp_url(value: str) -> str:
+    import pika
+
+    if not re.match(r"amqps?://", value):
+        raise ConfigError("must be an amqp:// or amqps:// URL")
+    try:
+        pika.URLParameters(value)
+    except Exception as e:
+        raise ConfigError(f"is not a valid AMQP URL ({e})")
+    return value
+
+
+def _exchange(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,255}", value):
+        raise ConfigError("must be 1-255 characters of letters, digits, '-', '_', '.' or ':'")
+    return value
+
+
+def _realm(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z\d_\-@.]{2,254}", value):
+        raise ConfigError("must start with a letter and have 3-255 letters, digits or _-@.")
+    return value
+
+
+def _endpoints(values: list[str]) -> list[str]:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    if not values:
+        raise ConfigError("needs at least one endpoint")
+    for v in values:
+        try:
+            serverFromString(reactor, v)
+        except Exception as e:
+            raise ConfigError(
+                f"{v!r} is not a listening endpoint such as 'tcp:8080:interface=127.0.0.1' ({e})"
+            )
+    return values
+
+
+def _prefixes(values: list[str]) -> list[str]:
+    for v in values:
+        if v != "*" and not re.fullmatch(r"[^\s#*]+", v):
+            raise ConfigError(f"{v!r} is not a topic prefix (or '*' for every topic)")
+    return values
+
+
+def _range(lo: float, hi: float) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not lo <= value <= hi:
+            raise ConfigError(f"must be between {lo} and {hi}")
+        return value
+
+    return check
+
+
+def _directory(value: str | None) -> str | None:
+    if value is not None and not Path(value).is_dir():
+        raise ConfigError(f"{value!r} is not a directory")
+    return value
+
+
+# -- the schema ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its key, type, default, help and validator."""
+
+    key: str
+    kind: type
+    default: Any
+    help: str
+    check: Callable[[Any], Any] | None = None
+    optional: bool = False
+
+    @property
+    def flag(self) -> str:
+        return self.key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "amqp_url",
+        str,
+        "amqp://guest:guest@127.0.0.1:5672/%2F",
+        "RabbitMQ URL (amqp:// or amqps://).",
+        _amqp_url,
+    ),
+    Setting("exchange", str, "events", "Topic exchange the events are published to.", _exchange),
+    Setting(
+        "exchange_passive",
+        bool,
+        False,
+        "Use an existing exchange as it is (passive declare) instead of declaring it.",
+    ),
+    Setting(
+        "listen",
+        list,
+        ["tcp:8080:interface=127.0.0.1"],
+        "Endpoint to serve the page, /ws, /healthz and /readyz on (repeatable).",
+        _endpoints,
+    ),
+    Setting("realm", str, "realm1", "The WAMP realm clients join.", _realm),
+    Setting(
+        "allow_anonymous",
+        bool,
+        False,
+        "Let clients join without authentication (off by default).",
+    ),
+    Setting(
+        "allow_publish",
+        list,
+        [],
+        "Topic prefix clients may PUBLISH to (repeatable; '*' for every topic). "
+        "Client publishing is off by default.",
+        _prefixes,
+    ),
+    Setting(
+        "prefetch",
+        int,
+        256,
+        "AMQP prefetch: deliveries in flight between RabbitMQ and this node.",
+        _range(1, 65535),
+    ),
+    Setting(
+        "max_message_size",
+        int,
+        1048576,
+        "Largest WebSocket message accepted and largest AMQP body delivered, in bytes.",
+        _range(1024, 64 * 1024 * 1024),
+    ),
+    Setting(
+        "dead_letter_exchange",
+        str,
+        None,
+        "Dead-letter exchange for rejected AMQP messages (set on this node's queue).",
+        _exchange,
+        optional=True,
+    ),
+    Setting(
+        "amqp_max_retry_delay",
+        float,
+        10.0,
+        "Longest wait between RabbitMQ reconnection attempts, in seconds.",
+        _range(0.1, 3600),
+    ),
+    Setting(
+        "web_root",
+        str,
+        None,
+        "Directory served at / (default: the web/ folder of the source checkout).",
+        _directory,
+        optional=True,
+    ),
+)
+
+BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclass
+class Config:
+    """The checked settings, as attributes."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+# -- parsing ---------------------------------------------------------------------------
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _from_text(setting: Setting, text: str) -> Any:
+    kind = setting.kind
+    if kind is bool:
+        t = text.strip().lower()
+        if t in _TRUE:
+            return True
+        if t in _FALSE:
+            return False
+        raise ConfigError("must be true or false")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"must be an integer, not {text!r}")
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"must be a number, not {text!r}")
+    if kind is list:
+        return [v for v in re.split(r"[\s,]+", text) if v]
+    return text
+
+
+def _from_toml(setting: Setting, value: Any) -> Any:
+    kind = setting.kind
+    if kind is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError("must be a list of strings")
+        return value
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"must be a {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _checked(setting: Setting, value: Any, source: str) -> Any:
+    try:
+        if value is None:
+            if setting.optional:
+                return None
+            raise ConfigError("must be set")
+        return setting.check(value) if setting.check else value
+    except ConfigError as e:
+        raise ConfigError(f"{setting.key} ({source}) {e}") from None
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """The settings in a TOML file, checked for unknown keys and types."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}")
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        setting = BY_KEY.get(key.replace("-", "_"))
+        if setting is None:
+            raise ConfigError(f"unknown setting {key!r} in config file {path}")
+        try:
+            values[setting.key] = _from_toml(setting, value)
+        except ConfigError as e:
+            raise ConfigError(f"{setting.key} (in {path}) {e}") from None
+    return values
+
+
+def read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings given as ``NOTIFYD_*`` environment variables."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.env in environ:
+            try:
+                values[setting.key] = _from_text(setting, environ[setting.env])
+            except ConfigError as e:
+                raise ConfigError(f"{setting.key} (from ${setting.env}) {e}") from None
+    return values
+
+
+def load(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merge defaults < file < environment < overrides (flags) and check."""
+    import os
+
+    env = os.environ if environ is None else environ
+    if path is None:
+        path = env.get(ENV_PREFIX + "CONFIG") or None
+    sources: dict[str, tuple[Any, str]] = {
+        s.key: (s.default if s.key != "web_root" else default_web_root(), "default")
+        for s in SETTINGS
+    }
+    if path:
+        for k, v in read_file(path).items():
+            sources[k] = (v, f"in {path}")
+    for k, v in read_environ(env).items():
+        sources[k] = (v, f"from ${BY_KEY[k].env}")
+    for k, v in (overrides or {}).items():
+        sources[k] = (v, f"--{BY_KEY[k].flag}")
+    values = {k: _checked(BY_KEY[k], v, src) for k, (v, src) in sources.items()}
+    return Config(values)

@@ -1,0 +1,286 @@
+"""
+The mapping between AMQP messages and WAMP events.  No I/O.
+
+AMQP → WAMP (every message this node's queue receives):
+
+* routing key → ``details.topic`` (on pattern subscriptions) and matching;
+  it must be a valid topic (see :mod:`notifyd.topics`).
+* body: JSON (``content_type`` ``application/json`` or absent; no
+  ``content_encoding`` other than ``utf-8``/``identity``) at most
+  ``max_size`` bytes.  The value becomes ``EVENT.args = [value]``.  With the
+  header ``wamp-payload: envelope`` the body must be a JSON object
+  ``{"args": [...], "kwargs": {...}}`` (both optional) and becomes
+  ``EVENT.args``/``EVENT.kwargs`` as is; client PUBLISHes with anything but a
+  single positional argument travel this way.
+* properties → ``EVENT.details``: ``message_id`` → ``x_message_id``,
+  ``timestamp`` → ``x_timestamp`` (seconds), ``type`` → ``x_type``,
+  ``app_id`` → ``x_app_id``.
+* headers (all optional):
+
+  ====================  ======================================================
+  ``wamp-publication``  integer publication id (set by the node a client
+                        published through; otherwise drawn at random)
+  ``wamp-publisher``    session id of the publishing WAMP session
+  ``wamp-exclude-me``   bool, default true: do not deliver to the publisher
+  ``wamp-disclose-me``  bool: put the publisher in ``details.publisher``
+  ``wamp-eligible``     session ids that may receive it (array of integers,
+                        or a string of comma-separated integers)
+  ``wamp-exclude``      session ids that must not receive it (same format)
+  ``wamp-payload``      ``envelope`` (see above)
+  ====================  ======================================================
+
+Anything that does not fit is a :class:`BadEvent`: the consumer rejects the
+message without requeue (so a dead-letter exchange catches it), logs it once
+and counts it.  Nothing is ever delivered half-decoded or to a wider audience
+than its headers allow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from autobahn.util import id as random_id
+
+from notifyd.topics import InvalidTopic, validate_topic
+
+HEADER_PUBLICATION = "wamp-publication"
+HEADER_PUBLISHER = "wamp-publisher"
+HEADER_EXCLUDE_ME = "wamp-exclude-me"
+HEADER_DISCLOSE_ME = "wamp-disclose-me"
+HEADER_ELIGIBLE = "wamp-eligible"
+HEADER_EXCLUDE = "wamp-exclude"
+HEADER_PAYLOAD = "wamp-payload"
+PAYLOAD_ENVELOPE = "envelope"
+
+_JSON_TYPES = {None, "", "application/json"}
+_ENCODINGS = {None, "", "utf-8", "utf8", "identity"}
+_MAX_ID = 2**53
+
+
+class BadEvent(ValueError):
+    """An AMQP message that cannot become a WAMP event.
+
+    ``reason`` is a short slug for metrics and logs; ``str()`` is the detail.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class PayloadError(ValueError):
+    """A client publication whose payload cannot be carried over AMQP."""
+
+
+@dataclass(slots=True)
+class InboundEvent:
+    """One decoded AMQP delivery, ready to be matched and fanned out."""
+
+    topic: str
+    publication: int
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    publisher: int | None = None
+    exclude_me: bool = True
+    disclose_me: bool = False
+    eligible: frozenset[int] | None = None
+    exclude: frozenset[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def filtered(self) -> bool:
+        """True if some subscribers may have to be skipped."""
+        return (
+            self.eligible is not None
+            or bool(self.exclude)
+            or (self.exclude_me and self.publisher is not None)
+        )
+
+    def receives(self, session_id: int) -> bool:
+        """May the session ``session_id`` receive this event?"""
+        if self.eligible is not None and session_id not in self.eligible:
+            return False
+        if self.exclude and session_id in self.exclude:
+            return False
+        if self.exclude_me and session_id == self.publisher:
+            return False
+        return True
+
+
+def _is_int(value: Any) -> bool:
+    # pika decodes 64-bit header values as ``pika.compat.long``, an int subclass
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _session_ids(name: str, value: Any) -> frozenset[int]:
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            items = [int(v) for v in items]
+        except ValueError:
+            raise BadEvent("bad_header", f"header {name} is not a list of session ids")
+    elif isinstance(value, (list, tuple)):
+        items = [int(v) if _is_int(v) else v for v in value]
+    else:
+        raise BadEvent("bad_header", f"header {name} must be an array or a string")
+    for v in items:
+        if not _is_int(v) or not 0 < v <= _MAX_ID:
+            raise BadEvent("bad_header", f"header {name} holds an invalid session id")
+    return frozenset(items)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if _is_int(value) and value in (0, 1):
+        return bool(value)
+    raise BadEvent("bad_header", f"header {name} must be a boolean")
+
+
+def _id(name: str, value: Any) -> int:
+    if isinstance(value, (bytes, bytearray, str)):
+        try:
+            value = int(value)
+        except ValueError:
+            raise BadEvent("bad_header", f"header {name} must be an integer id")
+    if not _is_int(value) or not 0 < value <= _MAX_ID:
+        raise BadEvent("bad_header", f"header {name} must be an integer id")
+    return int(value)
+
+
+def decode_delivery(routing_key: str, properties: Any, body: bytes, max_size: int) -> InboundEvent:
+    """Turn one AMQP delivery into an :class:`InboundEvent` or raise BadEvent."""
+    try:
+        topic = validate_topic(routing_key)
+    except InvalidTopic as e:
+        raise BadEvent("bad_topic", str(e))
+    if len(body) > max_size:
+        raise BadEvent("too_large", f"body of {len(body)} bytes exceeds {max_size}")
+    content_type = getattr(properties, "content_type", None)
+    if content_type is not None:
+        content_type = content_type.split(";", 1)[0].strip().lower()
+    if content_type not in _JSON_TYPES:
+        raise BadEvent("content_type", f"unsupported content type {content_type!r}")
+    encoding = getattr(properties, "content_encoding", None)
+    if (encoding or "").lower() not in _ENCODINGS:
+        raise BadEvent("content_type", f"unsupported content encoding {encoding!r}")
+    try:
+        value = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadEvent("bad_json", f"body is not valid JSON ({e.__class__.__name__})")
+
+    headers = getattr(properties, "headers", None) or {}
+    event = InboundEvent(topic=topic, publication=0)
+    mode = headers.get(HEADER_PAYLOAD)
+    if isinstance(mode, bytes):
+        mode = mode.decode("utf-8", "replace")
+    if mode is None:
+        event.args = [value]
+    elif mode == PAYLOAD_ENVELOPE:
+        if not isinstance(value, dict) or set(value) - {"args", "kwargs"}:
+            raise BadEvent("bad_envelope", "envelope must be an object with args/kwargs")
+        args, kwargs = value.get("args"), value.get("kwargs")
+        if args is not None and not isinstance(args, list):
+            raise BadEvent("bad_envelope", "envelope args must be an array")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise BadEvent("bad_envelope", "envelope kwargs must be an object")
+        event.args = args or None
+        event.kwargs = kwargs or None
+        if event.kwargs and event.args is None:
+            event.args = []
+    else:
+        raise BadEvent("bad_header", f"header {HEADER_PAYLOAD} has unknown value {mode!r}")
+
+    if HEADER_PUBLICATION in headers:
+        event.publication = _id(HEADER_PUBLICATION, headers[HEADER_PUBLICATION])
+    else:
+        event.publication = random_id()
+    if HEADER_PUBLISHER in headers:
+        event.publisher = _id(HEADER_PUBLISHER, headers[HEADER_PUBLISHER])
+    if HEADER_EXCLUDE_ME in headers:
+        event.exclude_me = _flag(HEADER_EXCLUDE_ME, headers[HEADER_EXCLUDE_ME])
+    if HEADER_DISCLOSE_ME in headers:
+        event.disclose_me = _flag(HEADER_DISCLOSE_ME, headers[HEADER_DISCLOSE_ME])
+    if HEADER_ELIGIBLE in headers:
+        event.eligible = _session_ids(HEADER_ELIGIBLE, headers[HEADER_ELIGIBLE])
+    if HEADER_EXCLUDE in headers:
+        event.exclude = _session_ids(HEADER_EXCLUDE, headers[HEADER_EXCLUDE])
+
+    extra = event.extra
+    message_id = getattr(properties, "message_id", None)
+    if message_id:
+        extra["x_message_id"] = message_id
+    timestamp = getattr(properties, "timestamp", None)
+    if timestamp is not None:
+        extra["x_timestamp"] = int(timestamp)
+    kind = getattr(properties, "type", None)
+    if kind:
+        extra["x_type"] = kind
+    app_id = getattr(properties, "app_id", None)
+    if app_id:
+        extra["x_app_id"] = app_id
+    return event
+
+
+@dataclass(slots=True)
+class Publication:
+    """A client PUBLISH, encoded for AMQP."""
+
+    topic: str
+    body: bytes
+    headers: dict[str, Any]
+
+
+def encode_publication(
+    topic: str,
+    args: list[Any] | None,
+    kwargs: dict[str, Any] | None,
+    *,
+    publication: int,
+    publisher: int,
+    exclude_me: bool = True,
+    disclose_me: bool = False,
+    eligible: list[int] | None = None,
+    exclude: list[int] | None = None,
+    max_size: int,
+) -> Publication:
+    """Encode a client PUBLISH the way :func:`decode_delivery` reads it back."""
+    headers: dict[str, Any] = {
+        HEADER_PUBLICATION: publication,
+        HEADER_PUBLISHER: publisher,
+        HEADER_EXCLUDE_ME: exclude_me,
+    }
+    if disclose_me:
+        headers[HEADER_DISCLOSE_ME] = True
+    if eligible is not None:
+        headers[HEADER_ELIGIBLE] = list(eligible)
+    if exclude:
+        headers[HEADER_EXCLUDE] = list(exclude)
+    if args is not None and len(args) == 1 and not kwargs:
+        value: Any = args[0]
+    else:
+        value = {}
+        if args:
+            value["args"] = list(args)
+        if kwargs:
+            value["kwargs"] = kwargs
+        headers[HEADER_PAYLOAD] = PAYLOAD_ENVELOPE
+    try:
+        body = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as e:
+        raise PayloadError(f"payload cannot be encoded as JSON: {e}")
+    if len(body) > max_size:
+        raise PayloadError(f"payload of {len(body)} bytes exceeds {max_size}")
+    return Publication(topic=topic, body=body, headers=headers)

@@ -1,0 +1,115 @@
+"""
+The router: one realm, its sessions, its broker and the way out to AMQP.
+
+This is the state every WAMP session shares.  It never imports the WebSocket
+or AMQP code: the AMQP service hands it deliveries through
+:meth:`Router.on_delivery` and it publishes through the :class:`Publisher` it
+was given.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from autobahn.util import id as random_id
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from notifyd.broker import Broker
+from notifyd.events import BadEvent, Publication, decode_delivery
+
+if TYPE_CHECKING:
+    from notifyd.session import WampSession
+
+
+class PublishUnavailable(Exception):
+    """RabbitMQ is not reachable right now."""
+
+
+class PublishRejected(Exception):
+    """RabbitMQ refused the message (a negative publisher confirm)."""
+
+
+class Publisher(Protocol):
+    """The AMQP side as seen by the router."""
+
+    def publish(self, publication: Publication) -> Deferred[None]: ...
+
+
+@dataclass
+class Policy:
+    """What sessions may do (the security issue extends this)."""
+
+    realm: str = "realm1"
+    allow_anonymous: bool = False
+    allow_publish: tuple[str, ...] = ()
+    max_message_size: int = 1024 * 1024
+
+    def may_publish(self, topic: str) -> bool:
+        if topic.startswith("wamp."):
+            return False
+        for prefix in self.allow_publish:
+            if prefix == "*" or topic.startswith(prefix):
+                return True
+        return False
+
+
+@dataclass
+class Stats:
+    """Plain counters; the metrics endpoint reads these."""
+
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+
+class Router:
+    """Sessions, broker and publisher of one realm on one node."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        broker: Broker,
+        policy: Policy,
+        publisher: Publisher | None = None,
+    ) -> None:
+        self.broker = broker
+        self.policy = policy
+        self.publisher = publisher
+        self.sessions: dict[int, WampSession] = {}
+        self.stats = Stats()
+
+    @property
+    def realm(self) -> str:
+        return self.policy.realm
+
+    def new_session_id(self) -> int:
+        while True:
+            sid = random_id()
+            if sid not in self.sessions:
+                return sid
+
+    def attach(self, session: WampSession) -> None:
+        self.sessions[session.session_id] = session
+        self.stats.inc("sessions_opened")
+
+    def detach(self, session: WampSession) -> None:
+        if self.sessions.pop(session.session_id, None) is not None:
+            self.broker.detach(session)
+            self.stats.inc("sessions_closed")
+
+    def on_delivery(self, routing_key: str, properties: Any, body: bytes) -> int:
+        """Fan one AMQP delivery out; raise :class:`BadEvent` to reject it."""
+        try:
+            event = decode_delivery(routing_key, properties, body, self.policy.max_message_size)
+        except BadEvent as e:
+            self.stats.inc(f"events_rejected_{e.reason}")
+            raise
+        self.stats.inc("events_received")
+        n = self.broker.dispatch(event)
+        self.stats.inc("events_delivered", n)
+        return n

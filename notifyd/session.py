@@ -1,0 +1,357 @@
+"""
+One WAMP session, as a plain state machine.  No network I/O.
+
+The WebSocket protocol (:mod:`notifyd.websocket`) parses frames into
+``autobahn.wamp.message`` objects and calls :meth:`WampSession.on_message`;
+the session answers through the :class:`Transport` it was given.
+
+States and what is accepted in each:
+
+========== =================================================================
+NEW        HELLO → WELCOME (or ABORT: ``wamp.error.no_such_realm``,
+           ``wamp.error.no_auth_method``); ABORT from the client closes.
+           Anything else: ABORT ``wamp.error.protocol_violation``.
+OPEN       SUBSCRIBE, UNSUBSCRIBE, PUBLISH, CALL (→ ERROR
+           ``wamp.error.no_such_procedure``), REGISTER/UNREGISTER (→ ERROR
+           ``wamp.error.feature_not_supported``), CANCEL (ignored), GOODBYE
+           (→ GOODBYE ``wamp.close.goodbye_and_out``, then close), ABORT.
+           Messages only a router sends (WELCOME, EVENT, …) or a second HELLO:
+           ABORT ``wamp.error.protocol_violation``.
+CLOSING    we sent GOODBYE; the client's GOODBYE closes the transport.
+CLOSED     everything is ignored.
+========== =================================================================
+
+A protocol violation ends only this session: ABORT, then the WebSocket is
+closed.  Other sessions and the process carry on.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol
+
+from autobahn.util import generate_token
+from autobahn.util import id as random_id
+from autobahn.wamp import message
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from notifyd import wamp
+from notifyd.broker import NoSuchSubscription, Subscription
+from notifyd.events import PayloadError, encode_publication
+from notifyd.router import PublishRejected, PublishUnavailable, Router
+from notifyd.topics import InvalidTopic, validate_pattern, validate_topic
+
+
+class Transport(Protocol):
+    """What a session needs from its connection."""
+
+    def send(self, msg: message.Message) -> None: ...
+
+    def send_event(self, event: wamp.NotifydEvent) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_REQUEST_TYPES = {
+    message.Subscribe.MESSAGE_TYPE,
+    message.Unsubscribe.MESSAGE_TYPE,
+    message.Publish.MESSAGE_TYPE,
+    message.Call.MESSAGE_TYPE,
+    message.Register.MESSAGE_TYPE,
+    message.Unregister.MESSAGE_TYPE,
+}
+
+
+class WampSession:
+    """The router side of one WAMP session."""
+
+    _log = Logger()
+
+    def __init__(self, router: Router, transport: Transport, peer: str = "") -> None:
+        self.router = router
+        self.transport = transport
+        self.peer = peer
+        self.state = State.NEW
+        self.session_id: int = 0
+        self.authid: str | None = None
+        self.authrole: str | None = None
+        self.authmethod: str | None = None
+        self._pending: set[Deferred[Subscription]] = set()
+
+    # -- entry points from the transport ---------------------------------------
+    def on_message(self, msg: message.Message, raw: list[Any] | None = None) -> None:
+        """Handle one parsed WAMP message (``raw``: the list it was parsed from)."""
+        if self.state is State.CLOSED:
+            return
+        handler = getattr(self, f"_on_{type(msg).__name__.lower()}", None)
+        if self.state is State.NEW:
+            if isinstance(msg, message.Hello):
+                self._on_hello(msg)
+            elif isinstance(msg, message.Abort):
+                self._close()
+            else:
+                self.protocol_violation(
+                    f"{type(msg).__name__.upper()} received before the session was established"
+                )
+            return
+        if isinstance(msg, message.Hello) or handler is None:
+            self.protocol_violation(
+                f"{type(msg).__name__.upper()} is not valid from a client in an open session"
+            )
+            return
+        if self.state is State.CLOSING and not isinstance(msg, (message.Goodbye, message.Abort)):
+            return
+        if isinstance(msg, message.Publish):
+            options = raw[2] if raw and len(raw) > 2 and isinstance(raw[2], dict) else {}
+            self._on_publish(msg, options)
+        else:
+            handler(msg)
+
+    def invalid_uri(self, raw: list[Any], reason: str) -> None:
+        """A request whose URI autobahn refused to parse."""
+        if self.state is State.NEW:
+            self.protocol_violation(reason)
+            return
+        if self.state is not State.OPEN:
+            return
+        kind = raw[0]
+        request = raw[1] if len(raw) > 1 else None
+        if kind not in _REQUEST_TYPES or type(request) is not int or request < 1:
+            self.protocol_violation(reason)
+            return
+        if kind == message.Publish.MESSAGE_TYPE:
+            options = raw[2] if len(raw) > 2 and isinstance(raw[2], dict) else {}
+            if options.get("acknowledge") is not True:
+                return
+        self._error(kind, request, wamp.ERROR_INVALID_URI, reason)
+
+    def protocol_violation(self, reason: str) -> None:
+        """End this session: ABORT ``wamp.error.protocol_violation``."""
+        if self.state is State.CLOSED:
+            return
+        self._log.info("protocol violation by {peer}: {reason}", peer=self.peer, reason=reason)
+        self.router.stats.inc("protocol_violations")
+        self.abort(wamp.ERROR_PROTOCOL_VIOLATION, reason)
+
+    def abort(self, reason: str, text: str | None = None) -> None:
+        """Send ABORT and close the transport."""
+        if self.state is State.CLOSED:
+            return
+        self.transport.send(message.Abort(reason, message=text))
+        self._close()
+
+    def shutdown(self, reason: str = wamp.CLOSE_SYSTEM_SHUTDOWN) -> None:
+        """Router-initiated close: GOODBYE, then wait for the client's."""
+        if self.state is State.OPEN:
+            self.state = State.CLOSING
+            self._detach()
+            self.transport.send(message.Goodbye(reason=reason))
+        elif self.state is State.NEW:
+            self._close()
+
+    def on_close(self) -> None:
+        """The transport is gone."""
+        self._detach()
+        self.state = State.CLOSED
+        for d in list(self._pending):
+            d.cancel()
+
+    def send_event(self, event: wamp.NotifydEvent) -> None:
+        self.transport.send_event(event)
+
+    # -- handlers ----------------------------------------------------------------
+    def _on_hello(self, msg: message.Hello) -> None:
+        policy = self.router.policy
+        if msg.realm != policy.realm:
+            self.router.stats.inc("sessions_refused")
+            self.abort(wamp.ERROR_NO_SUCH_REALM, f"no realm {msg.realm!r} on this router")
+            return
+        methods = msg.authmethods or ["anonymous"]
+        if "anonymous" not in methods:
+            self.router.stats.inc("sessions_refused")
+            self.abort(
+                wamp.ERROR_NO_AUTH_METHOD,
+                f"none of the offered authentication methods {methods!r} is supported",
+            )
+            return
+        if not policy.allow_anonymous:
+            self.router.stats.inc("sessions_refused")
+            self.abort(
+                wamp.ERROR_NOT_AUTHORIZED,
+                "anonymous access is disabled on this router",
+            )
+            return
+        self.session_id = self.router.new_session_id()
+        self.authid = generate_token(2, 5)
+        self.authrole = "anonymous"
+        self.authmethod = "anonymous"
+        self.state = State.OPEN
+        self.router.attach(self)
+        self.transport.send(
+            message.Welcome(
+                self.session_id,
+                {"broker": wamp.BROKER_FEATURES},
+                realm=policy.realm,
+                authid=self.authid,
+                authrole=self.authrole,
+                authmethod=self.authmethod,
+                authprovider="static",
+            )
+        )
+
+    def _on_abort(self, msg: message.Abort) -> None:
+        self._close()
+
+    def _on_goodbye(self, msg: message.Goodbye) -> None:
+        if self.state is State.OPEN:
+            self._detach()
+            self.transport.send(message.Goodbye(reason=wamp.CLOSE_GOODBYE_AND_OUT))
+        self._close()
+
+    def _on_subscribe(self, msg: message.Subscribe) -> None:
+        try:
+            validate_pattern(msg.topic, msg.match or "exact")
+        except InvalidTopic as e:
+            self._error(msg.MESSAGE_TYPE, msg.request, wamp.ERROR_INVALID_URI, str(e))
+            return
+        d = self.router.broker.subscribe(self, msg.topic, msg.match or "exact")
+        request = msg.request
+
+        def subscribed(sub: Subscription) -> None:
+            self._pending.discard(d)
+            if self.state is State.OPEN:
+                self.transport.send(message.Subscribed(request, sub.id))
+
+        def failed(f: Failure) -> None:
+            self._pending.discard(d)
+            if not f.check(CancelledError):
+                self._log.failure("subscribe failed", f)
+
+        if not d.called:
+            self._pending.add(d)
+        d.addCallbacks(subscribed, failed)
+
+    def _on_unsubscribe(self, msg: message.Unsubscribe) -> None:
+        try:
+            self.router.broker.unsubscribe(self, msg.subscription)
+        except NoSuchSubscription:
+            self._error(
+                msg.MESSAGE_TYPE,
+                msg.request,
+                wamp.ERROR_NO_SUCH_SUBSCRIPTION,
+                f"no subscription {msg.subscription} in this session",
+            )
+            return
+        self.transport.send(message.Unsubscribed(msg.request))
+
+    def _on_publish(self, msg: message.Publish, options: dict[str, Any] | None = None) -> None:
+        ack = bool(msg.acknowledge)
+        # autobahn's Publish does not parse disclose_me: read it from the options
+        disclose_me = (options or {}).get("disclose_me", False)
+        request = msg.request
+
+        def refuse(uri: str, text: str) -> None:
+            self.router.stats.inc("publishes_refused")
+            if ack:
+                self._error(msg.MESSAGE_TYPE, request, uri, text)
+
+        try:
+            validate_topic(msg.topic)
+        except InvalidTopic as e:
+            return refuse(wamp.ERROR_INVALID_URI, str(e))
+        if not self.router.policy.may_publish(msg.topic):
+            return refuse(wamp.ERROR_NOT_AUTHORIZED, f"publishing to {msg.topic!r} is not allowed")
+        if type(disclose_me) is not bool:
+            return refuse(wamp.ERROR_INVALID_ARGUMENT, "disclose_me must be a boolean")
+        if msg.payload is not None:
+            return refuse(wamp.ERROR_INVALID_ARGUMENT, "payload transparency is not supported")
+        for name in ("eligible_authid", "eligible_authrole", "exclude_authid", "exclude_authrole"):
+            if getattr(msg, name, None) is not None:
+                return refuse(wamp.ERROR_INVALID_ARGUMENT, f"the option {name} is not supported")
+        publisher = self.router.publisher
+        if publisher is None:
+            return refuse(wamp.ERROR_PUBLISH_UNAVAILABLE, "publishing is not configured")
+        publication = random_id()
+        try:
+            pub = encode_publication(
+                msg.topic,
+                msg.args,
+                msg.kwargs,
+                publication=publication,
+                publisher=self.session_id,
+                exclude_me=msg.exclude_me is not False,
+                disclose_me=disclose_me,
+                eligible=msg.eligible,
+                exclude=msg.exclude,
+                max_size=self.router.policy.max_message_size,
+            )
+        except PayloadError as e:
+            return refuse(wamp.ERROR_INVALID_ARGUMENT, str(e))
+
+        def done(_: object) -> None:
+            self.router.stats.inc("publishes")
+            if ack and self.state is State.OPEN:
+                self.transport.send(message.Published(request, publication))
+
+        def failed(f: Failure) -> None:
+            if f.check(PublishRejected):
+                refuse(wamp.ERROR_PUBLISH_REJECTED, "RabbitMQ refused the publication")
+            elif f.check(PublishUnavailable):
+                refuse(wamp.ERROR_PUBLISH_UNAVAILABLE, "RabbitMQ is not reachable")
+            else:
+                self._log.failure("publish failed", f)
+                refuse(wamp.ERROR_PUBLISH_UNAVAILABLE, "the publication failed")
+
+        publisher.publish(pub).addCallbacks(done, failed)
+
+    def _on_call(self, msg: message.Call) -> None:
+        self._error(
+            msg.MESSAGE_TYPE,
+            msg.request,
+            wamp.ERROR_NO_SUCH_PROCEDURE,
+            f"no procedure {msg.procedure!r}",
+        )
+
+    def _on_register(self, msg: message.Register) -> None:
+        self._error(
+            msg.MESSAGE_TYPE,
+            msg.request,
+            wamp.ERROR_FEATURE_NOT_SUPPORTED,
+            "notifyd is a broker only: it has no dealer role",
+        )
+
+    def _on_unregister(self, msg: message.Unregister) -> None:
+        self._error(
+            msg.MESSAGE_TYPE,
+            msg.request,
+            wamp.ERROR_FEATURE_NOT_SUPPORTED,
+            "notifyd is a broker only: it has no dealer role",
+        )
+
+    def _on_cancel(self, msg: message.Cancel) -> None:
+        pass  # no call is ever pending: there is nothing to cancel
+
+    # -- helpers -------------------------------------------------------------------
+    def _error(self, request_type: int, request: int, uri: str, text: str) -> None:
+        if self.state is State.OPEN:
+            self.transport.send(message.Error(request_type, request, uri, args=[text]))
+
+    def _detach(self) -> None:
+        if self.session_id and self.state in (State.OPEN, State.CLOSING):
+            self.router.detach(self)
+
+    def _close(self) -> None:
+        self._detach()
+        self.state = State.CLOSED
+        for d in list(self._pending):
+            d.cancel()
+        self.transport.close()

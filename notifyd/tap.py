@@ -1,0 +1,154 @@
+"""
+``twistd notifyd``: command-line options and the service tree.
+
+:func:`makeService` builds a :class:`NotifydService` (a ``MultiService``)
+holding the AMQP service and one listening service per ``--listen`` endpoint,
+all sharing one :class:`~notifyd.router.Router`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+from twisted.python import usage
+
+from notifyd import __version__
+from notifyd import config as configmod
+from notifyd.amqp import AMQPService
+from notifyd.bindings import Bindings
+from notifyd.broker import Broker
+from notifyd.router import Policy, Router
+from notifyd.web import ListenService, make_site
+from notifyd.websocket import WampServerFactory
+
+
+class Options(usage.Options):
+    """Options of ``twistd notifyd``; see ``docs/configuration.md``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Deliver RabbitMQ events to WAMP v2 (Autobahn) clients over WebSocket. "
+        "Every option can also be set in a TOML config file (--config) or as a "
+        "NOTIFYD_* environment variable; flags win over the environment, which "
+        "wins over the file."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML config file (default: $NOTIFYD_CONFIG)."],
+    ] + [
+        [s.flag, None, None, s.help + f" [default: {s.default}] (${s.env})"]
+        for s in configmod.SETTINGS
+        if s.kind not in (bool, list)
+    ]
+    optFlags = [
+        [s.flag, None, s.help + f" (${s.env})"] for s in configmod.SETTINGS if s.kind is bool
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["allow-publish"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable)."""
+        self["listen"].append(endpoint)
+
+    def opt_allow_publish(self, prefix: str) -> None:
+        """Topic prefix clients may publish to ('*' for all; repeatable)."""
+        self["allow-publish"].append(prefix)
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"notifyd {__version__}")
+        raise SystemExit(0)
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings given on the command line."""
+        out: dict[str, Any] = {}
+        for s in configmod.SETTINGS:
+            value = self.get(s.flag)
+            if s.kind is bool:
+                if value:
+                    out[s.key] = True
+            elif s.kind is list:
+                if value:
+                    out[s.key] = list(value)
+            elif value is not None:
+                try:
+                    out[s.key] = s.kind(value)
+                except ValueError:
+                    raise usage.UsageError(
+                        f"--{s.flag} must be {'an integer' if s.kind is int else 'a number'}, not {value!r}"
+                    )
+        return out
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = configmod.load(self["config"], os.environ, self.overrides())
+        except configmod.ConfigError as e:
+            raise usage.UsageError(str(e))
+
+
+class NotifydService(MultiService):
+    """The whole node: AMQP service, router and listeners."""
+
+    _log = Logger()
+
+    def __init__(self, settings: configmod.Config, reactor: Any = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.bindings = Bindings()
+        self.broker = Broker(self.bindings)
+        self.router = Router(
+            self.broker,
+            Policy(
+                realm=settings.realm,
+                allow_anonymous=settings.allow_anonymous,
+                allow_publish=tuple(settings.allow_publish),
+                max_message_size=settings.max_message_size,
+            ),
+        )
+        self.amqp = AMQPService(
+            settings.amqp_url,
+            settings.exchange,
+            self.bindings,
+            self.router.on_delivery,
+            exchange_passive=settings.exchange_passive,
+            prefetch=settings.prefetch,
+            dead_letter_exchange=settings.dead_letter_exchange,
+            max_retry_delay=settings.amqp_max_retry_delay,
+            reactor=reactor,
+        )
+        self.router.publisher = self.amqp
+        self.amqp.setServiceParent(self)
+        self.ws_factory = WampServerFactory(self.router, max_message_size=settings.max_message_size)
+        site = make_site(self.ws_factory, settings.web_root, self.status)
+        self.listeners = []
+        for description in settings.listen:
+            listener = ListenService(description, site, reactor=reactor)
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+
+    def status(self) -> dict[str, Any]:
+        """What ``/readyz`` reports."""
+        return {
+            "ready": self.amqp.ready,
+            "amqp": "consuming" if self.amqp.ready else "disconnected",
+            "sessions": len(self.router.sessions),
+            "subscriptions": len(self.broker.subscriptions()),
+            "bindings": len(self.bindings.bound),
+        }
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        for session in list(self.router.sessions.values()):
+            session.shutdown()
+        yield MultiService.stopService(self)
+
+
+def makeService(options: Options, reactor: Any = None) -> NotifydService:
+    """Build the notifyd service tree from parsed :class:`Options`."""
+    return NotifydService(options["settings"], reactor=reactor)

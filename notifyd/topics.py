@@ -1,0 +1,127 @@
+"""
+Topic URIs, match policies and their AMQP binding keys.  No I/O.
+
+A WAMP topic is an AMQP routing key on the events exchange.  The rules:
+
+* A topic is 1–255 bytes of UTF-8, made of non-empty components separated by
+  ``.``; a component holds no whitespace and none of ``.``, ``#`` or ``*``
+  (``#`` and ``*`` are AMQP binding wildcards).
+* ``exact`` subscription ``invoice.sent`` ⇒ binding key ``invoice.sent``.
+* ``wildcard`` subscription ``invoice..sent`` (empty components match any
+  one component) ⇒ binding key ``invoice.*.sent``.
+* ``prefix`` subscription: WAMP's rule is a plain *string* prefix, while AMQP
+  ``#`` matches whole words.  notifyd binds the longest whole-word prefix
+  followed by ``.#`` (``invoice.`` and ``invoice.se`` ⇒ ``invoice.#``; ``inv``
+  ⇒ ``#``) and applies the exact string-prefix test on every delivery, so
+  ``inv`` receives ``invoice.sent`` and ``inventory.low`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+
+MATCH_EXACT = "exact"
+MATCH_PREFIX = "prefix"
+MATCH_WILDCARD = "wildcard"
+MATCH_POLICIES = (MATCH_EXACT, MATCH_PREFIX, MATCH_WILDCARD)
+
+MAX_TOPIC_BYTES = 255
+
+_COMPONENT = re.compile(r"[^\s.#*]+\Z")
+
+
+class InvalidTopic(ValueError):
+    """A topic or pattern that notifyd cannot route."""
+
+
+def _check_length(uri: str) -> None:
+    if len(uri.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+        raise InvalidTopic(f"topic is longer than {MAX_TOPIC_BYTES} bytes")
+
+
+def validate_topic(uri: object) -> str:
+    """Return ``uri`` if it is a concrete topic (for PUBLISH and EVENT)."""
+    if not isinstance(uri, str) or not uri:
+        raise InvalidTopic("topic must be a non-empty string")
+    _check_length(uri)
+    for part in uri.split("."):
+        if not _COMPONENT.match(part):
+            raise InvalidTopic(f"invalid topic {uri!r}: bad component {part!r}")
+    return uri
+
+
+def validate_pattern(uri: object, match: str) -> str:
+    """Return ``uri`` if it is a valid SUBSCRIBE topic for ``match``."""
+    if match == MATCH_EXACT:
+        return validate_topic(uri)
+    if not isinstance(uri, str):
+        raise InvalidTopic("topic must be a string")
+    _check_length(uri)
+    parts = uri.split(".")
+    if match == MATCH_WILDCARD:
+        if not uri:
+            raise InvalidTopic("wildcard pattern must not be empty")
+        for part in parts:
+            if part and not _COMPONENT.match(part):
+                raise InvalidTopic(f"invalid pattern {uri!r}: bad component {part!r}")
+        return uri
+    if match == MATCH_PREFIX:
+        if uri == "":
+            return uri
+        for part in parts[:-1]:
+            if not _COMPONENT.match(part):
+                raise InvalidTopic(f"invalid prefix {uri!r}: bad component {part!r}")
+        if parts[-1] and not _COMPONENT.match(parts[-1]):
+            raise InvalidTopic(f"invalid prefix {uri!r}: bad component {parts[-1]!r}")
+        return uri
+    raise InvalidTopic(f"unknown match policy {match!r}")
+
+
+def binding_key(uri: str, match: str) -> str:
+    """The AMQP binding key that receives every topic ``uri`` can match."""
+    if match == MATCH_EXACT:
+        return uri
+    if match == MATCH_WILDCARD:
+        return ".".join(part or "*" for part in uri.split("."))
+    if match == MATCH_PREFIX:
+        head, dot, _ = uri.rpartition(".")
+        return f"{head}.#" if dot else "#"
+    raise InvalidTopic(f"unknown match policy {match!r}")
+
+
+def wildcard_matches(pattern_parts: tuple[str, ...], topic_parts: list[str]) -> bool:
+    """WAMP wildcard matching on pre-split components."""
+    if len(pattern_parts) != len(topic_parts):
+        return False
+    for want, got in zip(pattern_parts, topic_parts, strict=True):
+        if want and want != got:
+            return False
+    return True
+
+
+def matches(uri: str, match: str, topic: str) -> bool:
+    """Reference semantics: does subscription (``uri``, ``match``) get ``topic``?"""
+    if match == MATCH_EXACT:
+        return uri == topic
+    if match == MATCH_PREFIX:
+        return topic.startswith(uri)
+    if match == MATCH_WILDCARD:
+        return wildcard_matches(tuple(uri.split(".")), topic.split("."))
+    raise InvalidTopic(f"unknown match policy {match!r}")
+
+
+def amqp_matches(key: str, routing_key: str) -> bool:
+    """AMQP topic-exchange semantics, for tests and documentation."""
+    k = key.split(".")
+    r = routing_key.split(".")
+
+    def go(i: int, j: int) -> bool:
+        if i == len(k):
+            return j == len(r)
+        if k[i] == "#":
+            return any(go(i + 1, jj) for jj in range(j, len(r) + 1))
+        if j == len(r):
+            return False
+        return (k[i] == "*" or k[i] == r[j]) and go(i + 1, j + 1)
+
+    return go(0, 0)

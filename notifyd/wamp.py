@@ -1,0 +1,73 @@
+"""
+WAMP message helpers on top of :mod:`autobahn.wamp.message`.
+
+:class:`NotifydEvent` is autobahn's ``Event`` plus the implementation-specific
+``x_*`` details notifyd adds (AMQP message id, timestamp, type, app id), and a
+per-message cache of prepared WebSocket frames so one EVENT becomes bytes once
+per serializer and a frame once per serializer, however many sessions get it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from autobahn.wamp import message
+from autobahn.wamp.role import RoleBrokerFeatures
+
+if TYPE_CHECKING:
+    from notifyd.broker import Subscription
+    from notifyd.events import InboundEvent
+
+# Standard error and close URIs used by notifyd.
+ERROR_INVALID_URI = "wamp.error.invalid_uri"
+ERROR_NO_SUCH_SUBSCRIPTION = "wamp.error.no_such_subscription"
+ERROR_NO_SUCH_PROCEDURE = "wamp.error.no_such_procedure"
+ERROR_NO_SUCH_REALM = "wamp.error.no_such_realm"
+ERROR_NOT_AUTHORIZED = "wamp.error.not_authorized"
+ERROR_NO_AUTH_METHOD = "wamp.error.no_auth_method"
+ERROR_PROTOCOL_VIOLATION = "wamp.error.protocol_violation"
+ERROR_INVALID_ARGUMENT = "wamp.error.invalid_argument"
+ERROR_FEATURE_NOT_SUPPORTED = "wamp.error.feature_not_supported"
+CLOSE_NORMAL = "wamp.close.normal"
+CLOSE_GOODBYE_AND_OUT = "wamp.close.goodbye_and_out"
+CLOSE_SYSTEM_SHUTDOWN = "wamp.close.system_shutdown"
+# notifyd's own error URIs.
+ERROR_PUBLISH_UNAVAILABLE = "notifyd.error.publish_unavailable"
+ERROR_PUBLISH_REJECTED = "notifyd.error.publish_rejected"
+
+BROKER_FEATURES = RoleBrokerFeatures(
+    pattern_based_subscription=True,
+    publisher_exclusion=True,
+    publisher_identification=True,
+    subscriber_blackwhite_listing=True,
+)
+
+
+class NotifydEvent(message.Event):
+    """An EVENT with notifyd's ``x_*`` details and a frame cache."""
+
+    __slots__ = ("_extra", "frames")
+
+    def __init__(self, *args: Any, extra: dict[str, Any] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self._extra = extra
+        self.frames: dict[str, Any] = {}
+
+    def marshal(self) -> list[Any]:
+        raw = super().marshal()
+        if self._extra:
+            raw[3].update(self._extra)
+        return raw
+
+
+def make_event(sub: Subscription, event: InboundEvent) -> NotifydEvent:
+    """The EVENT message of ``event`` for subscription ``sub``."""
+    return NotifydEvent(
+        subscription=sub.id,
+        publication=event.publication,
+        args=event.args,
+        kwargs=event.kwargs,
+        publisher=event.publisher if event.disclose_me else None,
+        topic=event.topic if sub.match != "exact" else None,
+        extra=event.extra,
+    )

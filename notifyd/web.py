@@ -1,0 +1,106 @@
+"""
+The HTTP side: one resource tree per listening port.
+
+=============  =================================================================
+``/``          the static files of the web root (the demo page and
+               ``notifyd.js``), if one is configured
+``/ws``        the WAMP v2 WebSocket endpoint
+``/healthz``   200 ``ok`` while the process runs
+``/readyz``    200 when consuming from RabbitMQ, 503 otherwise (JSON body)
+=============  =================================================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.application.service import Service
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from twisted.web.static import File
+
+
+class _Health(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return b"ok\n"
+
+
+class _Ready(Resource):
+    isLeaf = True
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        super().__init__()
+        self._status = status
+
+    def render_GET(self, request: Request) -> bytes:
+        status = self._status()
+        request.setResponseCode(200 if status.get("ready") else 503)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(status).encode() + b"\n"
+
+
+class _NoPage(Resource):
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"notifyd: WAMP v2 WebSocket endpoint at /ws\n"
+
+
+def make_site(ws_factory: Any, web_root: str | None, status: Callable[[], dict[str, Any]]) -> Site:
+    """The resource tree: page, ``/ws``, ``/healthz`` and ``/readyz``."""
+    root: Resource = File(web_root) if web_root else _NoPage()
+    root.putChild(b"ws", WebSocketResource(ws_factory))
+    root.putChild(b"healthz", _Health())
+    root.putChild(b"readyz", _Ready(status))
+    site = Site(root)
+    site.displayTracebacks = False
+    return site
+
+
+class ListenService(Service):
+    """Listen on one endpoint string; log the address actually bound."""
+
+    _log = Logger()
+
+    def __init__(self, description: str, factory: Any, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.description = description
+        self.factory = factory
+        self._reactor = reactor
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        d = serverFromString(self._reactor, self.description).listen(self.factory)
+        failures: list[Any] = []
+        d.addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        addr = port.getHost()
+        self._log.info(
+            "notifyd listening on {host}:{port} ({description})",
+            host=getattr(addr, "host", "?"),
+            port=getattr(addr, "port", "?"),
+            description=self.description,
+        )
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()

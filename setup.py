@@ -1,0 +1,41 @@
+"""notifyd packaging.  ``pip install .`` installs the package, the twistd
+plugin (``twisted/plugins/notifyd_plugin.py``) and the web files."""
+
+from glob import glob
+
+from setuptools import setup
+
+setup(
+    name="notifyd",
+    version="0.1.0",
+    description="Realtime notifications from RabbitMQ to browsers over WAMP v2",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=["notifyd", "twisted.plugins"],
+    package_data={
+        "notifyd": ["py.typed"],
+        "twisted.plugins": ["notifyd_plugin.py"],
+    },
+    data_files=[("share/notifyd/web", [f for f in glob("web/*") if "." in f])],
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "autobahn>=24.4",
+        "txaio>=23.1",
+        "pika>=1.3",
+        "msgpack>=1.0",
+        "cbor2>=5.4",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["notifyd-publish = notifyd.publish:main"],
+    },
+)

@@ -1,0 +1,116 @@
+// A scripted Autobahn|JS client for notifyd's integration tests.
+//
+//   node tests/js/client.cjs URL REALM SERIALIZER
+//
+// Reads one JSON command per line on stdin and reports one JSON line per
+// happening on stdout:
+//   {"op":"subscribe","tag":"a","topic":"invoice.","match":"prefix"}
+//   {"op":"unsubscribe","tag":"a"}
+//   {"op":"publish","tag":"p","topic":"x.y","args":[1],"kwargs":{},"options":{"acknowledge":true}}
+//   {"op":"leave"}            (GOODBYE)   {"op":"exit"}
+// Reports: open, subscribed, unsubscribed, event, published, error, close.
+"use strict";
+
+const WS = require("ws");
+// Node 20 has no global WebSocket: give Autobahn|JS the ws package's.
+class NodeWebSocket extends WS {
+  constructor(...args) {
+    super(...args);
+    this.on("error", () => {}); // reported through onclose
+  }
+}
+globalThis.WebSocket = globalThis.WebSocket || NodeWebSocket;
+
+const autobahn = require("autobahn");
+const readline = require("readline");
+
+const [url, realm, serializerName] = process.argv.slice(2);
+const serializers = {
+  json: () => new autobahn.serializer.JSONSerializer(),
+  msgpack: () => new autobahn.serializer.MsgpackSerializer(),
+  cbor: () => new autobahn.serializer.CBORSerializer(),
+};
+if (!serializers[serializerName]) {
+  console.error(`unknown serializer ${serializerName}`);
+  process.exit(2);
+}
+
+function report(obj) {
+  process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+function plain(value) {
+  // msgpack/cbor may hand back Buffers or Maps; make them JSON-able
+  return JSON.parse(JSON.stringify(value === undefined ? null : value));
+}
+
+const connection = new autobahn.Connection({
+  url,
+  realm,
+  serializers: [serializers[serializerName]()],
+  max_retries: 0,
+  retry_if_unreachable: false,
+});
+
+let session = null;
+const subscriptions = {};
+const queue = [];
+
+async function run(cmd) {
+  const tag = cmd.tag;
+  try {
+    if (cmd.op === "subscribe") {
+      const options = cmd.match ? { match: cmd.match } : {};
+      const sub = await session.subscribe(
+        cmd.topic,
+        (args, kwargs, details) => {
+          report({
+            ev: "event",
+            tag,
+            args: plain(args),
+            kwargs: plain(kwargs),
+            topic: details.topic,
+            publisher: details.publisher === undefined ? null : details.publisher,
+            publication: details.publication,
+          });
+        },
+        options,
+      );
+      subscriptions[tag] = sub;
+      report({ ev: "subscribed", tag, id: sub.id });
+    } else if (cmd.op === "unsubscribe") {
+      await session.unsubscribe(subscriptions[tag]);
+      report({ ev: "unsubscribed", tag });
+    } else if (cmd.op === "publish") {
+      const res = await session.publish(cmd.topic, cmd.args || [], cmd.kwargs || {}, cmd.options || {});
+      report({ ev: "published", tag, id: res ? res.id : null });
+    } else if (cmd.op === "leave") {
+      session.leave("wamp.close.normal", "bye");
+    } else if (cmd.op === "exit") {
+      process.exit(0);
+    }
+  } catch (err) {
+    report({ ev: "error", tag, error: err && err.error ? err.error : String(err), args: plain(err && err.args) });
+  }
+}
+
+connection.onopen = (s) => {
+  session = s;
+  report({ ev: "open", session: s.id, serializer: serializerName });
+  while (queue.length) run(queue.shift());
+};
+
+connection.onclose = (reason, details) => {
+  report({ ev: "close", reason, details: plain({ reason: details && details.reason, message: details && details.message }) });
+  process.exit(0);
+  return true;
+};
+
+readline.createInterface({ input: process.stdin }).on("line", (line) => {
+  if (!line.trim()) return;
+  const cmd = JSON.parse(line);
+  if (session) run(cmd);
+  else queue.push(cmd);
+});
+
+connection.open();
