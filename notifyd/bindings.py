@@ -141,6 +141,11 @@ class Bindings:
                 return
             self._inflight.discard(key)
             after(key)
+            self._log.info(
+                "AMQP binding {change}: {key}",
+                change="added" if wanted else "removed",
+                key=key,
+            )
             self._sync(key)
 
         def failed(f: Any) -> None:

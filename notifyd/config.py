@@ -26,9 +26,16 @@ class ConfigError(ValueError):
 
 
 def default_web_root() -> str | None:
-    """``web/`` of a source checkout, if notifyd runs from one."""
-    candidate = Path(__file__).resolve().parent.parent / "web"
-    return str(candidate) if candidate.is_dir() else None
+    """``web/`` of a source checkout, else the web files ``pip`` installed."""
+    import sys
+
+    for candidate in (
+        Path(__file__).resolve().parent.parent / "web",
+        Path(sys.prefix) / "share" / "notifyd" / "web",
+    ):
+        if (candidate / "index.html").is_file():
+            return str(candidate)
+    return None
 
 
 # -- validators -----------------------------------------------------------------

@@ -137,6 +137,7 @@ class NotifydService(MultiService):
         return {
             "ready": self.amqp.ready,
             "amqp": "consuming" if self.amqp.ready else "disconnected",
+            "queue": self.amqp.queue if self.amqp.ready else None,
             "sessions": len(self.router.sessions),
             "subscriptions": len(self.broker.subscriptions()),
             "bindings": len(self.bindings.bound),

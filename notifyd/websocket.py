@@ -173,5 +173,8 @@ class WampServerFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,
+            # tell the peer why (e.g. 1009 message too big) instead of just
+            # dropping the TCP connection
+            failByDrop=False,
             **options,
         )

@@ -1,0 +1,65 @@
+"""Fixtures shared by the tests: the private RabbitMQ node and helpers."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from notifyd.devbroker import Node
+from tests.harness import AmqpPublisher, JsClient, Notifyd, unique
+
+os.environ.setdefault(
+    "NOTIFYD_DEV_DIR", os.path.join(os.path.dirname(__file__), "..", ".rabbitmq", "test")
+)
+os.environ.setdefault("NOTIFYD_DEV_AMQP_PORT", "56730")
+os.environ.setdefault("NOTIFYD_DEV_NODENAME", "notifyd-test")
+
+
+@pytest.fixture(scope="session")
+def rabbit() -> Node:
+    """The test suite's private RabbitMQ node (started if it is not running)."""
+    node = Node.from_environ()
+    node.start()
+    return node
+
+
+@pytest.fixture
+def exchange() -> str:
+    """A fresh exchange per test, so tests never see each other's events."""
+    return unique("events")
+
+
+@pytest.fixture
+def publisher(rabbit: Node, exchange: str) -> Any:
+    p = AmqpPublisher(rabbit.url, exchange)
+    yield p
+    if p.conn.is_open:
+        p.channel.exchange_delete(exchange)
+    p.close()
+
+
+@pytest.fixture
+def spawn(rabbit: Node, exchange: str) -> Any:
+    """Start notifyd nodes and JS clients; everything is stopped afterwards."""
+    started: list[Any] = []
+
+    class Spawner:
+        def notifyd(self, *extra: str, env: dict | None = None, exchange_name: str | None = None):
+            n = Notifyd(rabbit.url, exchange_name or exchange, *extra, env=env)
+            started.append(n)
+            return n.start()
+
+        def js(self, url: str, serializer: str = "json", realm: str = "realm1"):
+            c = JsClient(url, serializer, realm)
+            started.append(c)
+            return c.start()
+
+    yield Spawner()
+    for proc in reversed(started):
+        if not proc.ended.called:
+            try:
+                proc.transport.signalProcess("KILL")
+            except Exception:
+                pass

@@ -1,0 +1,106 @@
+"""The per-node queue design: each node binds only what its sessions need,
+bindings follow subscriptions on the broker, and two nodes on one RabbitMQ
+deliver each event exactly once to each entitled client."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests.harness import with_timeout
+
+
+def bindings_of(rabbit, queue: str) -> set[str]:
+    out = rabbit.ctl("list_bindings", "-q", "--formatter", "json",
+                     "source_name", "destination_name", "routing_key")
+    return {b["routing_key"] for b in json.loads(out) if b["destination_name"] == queue and b["source_name"]}
+
+
+def status(node) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/readyz", timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest_twisted.inlineCallbacks
+def test_two_nodes_each_client_gets_exactly_its_events(spawn, publisher, rabbit):
+    a = yield spawn.notifyd()
+    b = yield spawn.notifyd()
+    ca = yield spawn.js(a.url, "json")
+    cb = yield spawn.js(b.url, "msgpack")
+    cb2 = yield spawn.js(b.url, "cbor")
+    yield ca.subscribe("inv", "invoice.", "prefix")
+    yield ca.subscribe("end", "end")
+    yield cb.subscribe("inv", "invoice.sent")
+    yield cb.subscribe("cli", "client..created", "wildcard")
+    yield cb.subscribe("end", "end")
+    yield cb2.subscribe("inv", "invoice.sent")
+    yield cb2.subscribe("end", "end")
+    topics = ["invoice.sent", "client.x.created", "invoice.paid", "noise.a", "invoice.sent"] * 20
+    for i, t in enumerate(topics):
+        publisher.publish(t, {"seq": i})
+    publisher.publish("end", {"seq": -1})
+    for c in (ca, cb, cb2):
+        yield c.wait_events("end", 1)
+
+    def seqs(c, tag):
+        return [e["args"][0]["seq"] for e in c.events(tag)]
+
+    assert seqs(ca, "inv") == [i for i, t in enumerate(topics) if t.startswith("invoice.")]
+    assert seqs(ca, "cli") == []
+    assert seqs(cb, "inv") == [i for i, t in enumerate(topics) if t == "invoice.sent"]
+    assert seqs(cb2, "inv") == seqs(cb, "inv")
+    assert seqs(cb, "cli") == [i for i, t in enumerate(topics) if t == "client.x.created"]
+    # RabbitMQ did the filtering: each node's queue holds only its own bindings
+    qa, qb = status(a)["queue"], status(b)["queue"]
+    assert qa != qb
+    assert (yield deferToThread(bindings_of, rabbit, qa)) == {"invoice.#", "end"}
+    assert (yield deferToThread(bindings_of, rabbit, qb)) == {
+        "invoice.sent",
+        "client.*.created",
+        "end",
+    }
+
+
+def rabbit:
+    from notifyd.devbroker import Node
+
+    return Node.from_environ()
+
+
+@pytest_twisted.inlineCallbacks
+def test_bindings_follow_subscriptions(spawn, rabbit):
+    node = yield spawn.notifyd()
+    queue = status(node)["queue"]
+    c1 = yield spawn.js(node.url)
+    c2 = yield spawn.js(node.url)
+    r1 = yield c1.subscribe("s", "invoice.sent")
+    r2 = yield c2.subscribe("s", "invoice.sent")
+    # one subscription id per (topic, match), shared by its subscribers
+    assert r1["id"] == r2["id"]
+    yield c1.subscribe("p", "acct.42.inv", "prefix")
+    yield c1.subscribe("w", "a..c", "wildcard")
+    assert (yield deferToThread(bindings_of, rabbit, queue)) == {"invoice.sent", "acct.42.#", "a.*.c"}
+    assert status(node)["subscriptions"] == 3
+
+    mark = len(node.lines)
+    c1.send(op="unsubscribe", tag="p")
+    yield c1.wait_report(lambda r: r["ev"] == "unsubscribed" and r["tag"] == "p")
+    yield node.wait_line(r"AMQP binding removed: acct\.42\.#", start=mark)
+    assert (yield deferToThread(bindings_of, rabbit, queue)) == {"invoice.sent", "a.*.c"}
+
+    # c1 goes away without unsubscribing: its wildcard binding goes, the shared
+    # exact one stays for c2
+    mark = len(node.lines)
+    c1.transport.signalProcess("KILL")
+    yield node.wait_line(r"AMQP binding removed: a\.\*\.c", start=mark)
+    assert (yield deferToThread(bindings_of, rabbit, queue)) == {"invoice.sent"}
+
+    mark = len(node.lines)
+    yield c2.exit()
+    yield node.wait_line(r"AMQP binding removed: invoice\.sent", start=mark)
+    assert (yield deferToThread(bindings_of, rabbit, queue)) == set()
+    assert status(node)["subscriptions"] == 0
+    assert status(node)["sessions"] == 0
