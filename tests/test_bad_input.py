@@ -69,7 +69,7 @@ def test_malformed_wamp_gets_abort_and_healthy_client_carries_on(spawn, publishe
     for payload, binary in [(b"[1]", False), (b"\xc1\xc1\xc1", True)]:
         peer = yield raw_peer(node.port, ["wamp.2.msgpack"])
         peer.sendMessage(msgpack.packb([1, "realm1", {"roles": {"subscriber": {}}}]), isBinary=True)
-        yield peer._w.wait(lambda: peer.received)
+        yield peer._w.wait(lambda p=peer: p.received)
         assert msgpack.unpackb(peer.received[0][0])[0] == WELCOME
         peer.sendMessage(payload, isBinary=binary)
         yield with_timeout(peer.closed)

@@ -10,13 +10,22 @@ import urllib.request
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.harness import with_timeout
-
 
 def bindings_of(rabbit, queue: str) -> set[str]:
-    out = rabbit.ctl("list_bindings", "-q", "--formatter", "json",
-                     "source_name", "destination_name", "routing_key")
-    return {b["routing_key"] for b in json.loads(out) if b["destination_name"] == queue and b["source_name"]}
+    out = rabbit.ctl(
+        "list_bindings",
+        "-q",
+        "--formatter",
+        "json",
+        "source_name",
+        "destination_name",
+        "routing_key",
+    )
+    return {
+        b["routing_key"]
+        for b in json.loads(out)
+        if b["destination_name"] == queue and b["source_name"]
+    }
 
 
 def status(node) -> dict:
@@ -64,12 +73,6 @@ def test_two_nodes_each_client_gets_exactly_its_events(spawn, publisher, rabbit)
     }
 
 
-def rabbit:
-    from notifyd.devbroker import Node
-
-    return Node.from_environ()
-
-
 @pytest_twisted.inlineCallbacks
 def test_bindings_follow_subscriptions(spawn, rabbit):
     node = yield spawn.notifyd()
@@ -82,7 +85,11 @@ def test_bindings_follow_subscriptions(spawn, rabbit):
     assert r1["id"] == r2["id"]
     yield c1.subscribe("p", "acct.42.inv", "prefix")
     yield c1.subscribe("w", "a..c", "wildcard")
-    assert (yield deferToThread(bindings_of, rabbit, queue)) == {"invoice.sent", "acct.42.#", "a.*.c"}
+    assert (yield deferToThread(bindings_of, rabbit, queue)) == {
+        "invoice.sent",
+        "acct.42.#",
+        "a.*.c",
+    }
     assert status(node)["subscriptions"] == 3
 
     mark = len(node.lines)
