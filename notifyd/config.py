@@ -326,3 +326,35 @@ def load(
         sources[k] = (v, f"--{BY_KEY[k].flag}")
     values = {k: _checked(BY_KEY[k], v, src) for k, (v, src) in sources.items()}
     return Config(values)
+
+
+def reference_table() -> str:
+    """The settings table of ``docs/configuration.md`` (kept in sync by a test).
+
+    Regenerate with ``python -m notifyd.config``.
+    """
+
+    def show(value: Any) -> str:
+        if value is None:
+            return "(unset)"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, list):
+            return ", ".join(f"`{v}`" for v in value) or "(empty)"
+        return f"`{value}`"
+
+    rows = [
+        "| key | flag | environment | type | default | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in SETTINGS:
+        default = "web/ of the checkout" if s.key == "web_root" else show(s.default)
+        kind = {list: "list of strings", bool: "bool", int: "integer", float: "number"}.get(
+            s.kind, "string"
+        )
+        rows.append(f"| `{s.key}` | `--{s.flag}` | `{s.env}` | {kind} | {default} | {s.help} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_table(), end="")

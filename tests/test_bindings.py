@@ -1,0 +1,77 @@
+"""Reference-counted bindings, with a fake channel (no reactor)."""
+
+from __future__ import annotations
+
+from notifyd.bindings import Bindings
+from notifyd.testing import FakeBinder
+
+
+def test_acquire_waits_for_bind_ok():
+    b, ch = Bindings(), FakeBinder()
+    b.attach(ch)
+    d = b.acquire("invoice.sent")
+    assert not d.called and ch.ops == [("bind", "invoice.sent")]
+    ch.complete()
+    assert d.called and b.bound == {"invoice.sent"}
+
+
+def test_shared_key_binds_once_and_unbinds_after_last_release():
+    b, ch = Bindings(), FakeBinder(auto=True)
+    b.attach(ch)
+    assert b.acquire("#").called
+    assert b.acquire("#").called
+    b.release("#")
+    assert b.bound == {"#"}
+    b.release("#")
+    assert ch.ops == [("bind", "#"), ("unbind", "#")]
+    assert b.bound == frozenset() and b.wanted == frozenset()
+
+
+def test_release_while_binding_unbinds_after_bind_ok():
+    b, ch = Bindings(), FakeBinder()
+    b.attach(ch)
+    d = b.acquire("k")
+    b.release("k")
+    d.cancel()
+    ch.complete()
+    assert ch.ops == [("bind", "k"), ("unbind", "k")]
+    ch.complete()
+    assert b.bound == frozenset()
+
+
+def test_reacquire_while_unbinding_binds_again():
+    b, ch = Bindings(), FakeBinder()
+    b.attach(ch)
+    b.acquire("k")
+    ch.complete()
+    b.release("k")
+    d = b.acquire("k")
+    assert not d.called
+    ch.complete()  # unbind-ok
+    assert ch.ops[-1] == ("bind", "k") and not d.called
+    ch.complete()  # bind-ok
+    assert d.called and b.bound == {"k"}
+
+
+def test_detached_keys_are_counted_and_applied_on_attach():
+    b = Bindings()
+    d = b.acquire("a.b")
+    b.acquire("c.#")
+    assert not d.called
+    ch = FakeBinder()
+    all_bound = b.attach(ch)
+    assert sorted(ch.ops) == [("bind", "a.b"), ("bind", "c.#")]
+    ch.complete()
+    assert d.called and all_bound.called
+
+
+def test_reconnect_rebinds_everything_and_ignores_stale_results():
+    b, old = Bindings(), FakeBinder()
+    b.attach(old)
+    b.acquire("k")
+    b.detach()  # connection lost before bind-ok
+    new = FakeBinder(auto=True)
+    b.attach(new)
+    assert new.ops == [("bind", "k")] and b.bound == {"k"}
+    old.complete()  # a late answer on the dead channel changes nothing
+    assert b.bound == {"k"} and new.ops == [("bind", "k")]

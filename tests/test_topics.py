@@ -1,0 +1,106 @@
+"""Topic validation, binding keys and matching (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from notifyd.topics import (
+    InvalidTopic,
+    amqp_matches,
+    binding_key,
+    matches,
+    validate_pattern,
+    validate_topic,
+)
+
+
+@pytest.mark.parametrize(
+    "uri, match, key",
+    [
+        ("invoice.sent", "exact", "invoice.sent"),
+        ("invoice..sent", "wildcard", "invoice.*.sent"),
+        ("..", "wildcard", "*.*.*"),
+        ("invoice.", "prefix", "invoice.#"),
+        ("invoice.se", "prefix", "invoice.#"),
+        ("acct.42.inv", "prefix", "acct.42.#"),
+        ("inv", "prefix", "#"),
+        ("", "prefix", "#"),
+    ],
+)
+def test_binding_keys(uri, match, key):
+    assert validate_pattern(uri, match) == uri
+    assert binding_key(uri, match) == key
+
+
+def test_string_prefix_semantics():
+    assert matches("inv", "prefix", "invoice.sent")
+    assert matches("inv", "prefix", "inventory.low")
+    assert not matches("inv", "prefix", "client.inv")
+    assert matches("invoice.", "prefix", "invoice.sent")
+    assert not matches("invoice.", "prefix", "invoice")
+    assert matches("a..c", "wildcard", "a.b.c")
+    assert not matches("a..c", "wildcard", "a.b.x.c")
+
+
+@pytest.mark.parametrize(
+    "uri, match",
+    [
+        ("", "exact"),
+        ("a..b", "exact"),
+        ("a b", "exact"),
+        ("a.#", "exact"),
+        ("a.*", "exact"),
+        (".a", "exact"),
+        ("x" * 256, "exact"),
+        ("a b.", "prefix"),
+        ("a..b", "prefix"),
+        ("", "wildcard"),
+        ("a.#.b", "wildcard"),
+        (42, "exact"),
+        ("a", "regex"),
+    ],
+)
+def test_invalid(uri, match):
+    with pytest.raises(InvalidTopic):
+        validate_pattern(uri, match)
+
+
+def test_publish_topics():
+    assert validate_topic("invoice.sent") == "invoice.sent"
+    assert validate_topic("Invoice-Sent.v2") == "Invoice-Sent.v2"
+    with pytest.raises(InvalidTopic):
+        validate_topic("invoice.")
+
+
+component = st.sampled_from(["a", "b", "ab", "ba", "inv", "invoice", "x1"])
+topics = st.lists(component, min_size=1, max_size=4).map(".".join)
+
+
+@st.composite
+def patterns(draw):
+    match = draw(st.sampled_from(["exact", "prefix", "wildcard"]))
+    if match == "exact":
+        return draw(topics), match
+    if match == "wildcard":
+        parts = draw(st.lists(st.one_of(st.just(""), component), min_size=1, max_size=4))
+        return ".".join(parts), match
+    t = draw(topics)
+    return t[: draw(st.integers(0, len(t)))], match
+
+
+@given(patterns(), topics)
+def test_the_binding_never_hides_a_wanted_event(pattern, topic):
+    """RabbitMQ filtering is a superset of WAMP matching: whatever WAMP would
+    deliver, the AMQP binding key lets through."""
+    uri, match = pattern
+    try:
+        validate_pattern(uri, match)
+    except InvalidTopic:
+        return
+    if matches(uri, match, topic):
+        assert amqp_matches(binding_key(uri, match), topic)
+    if match != "prefix":
+        # exact and wildcard bindings are exact: nothing extra arrives
+        assert matches(uri, match, topic) == amqp_matches(binding_key(uri, match), topic)
