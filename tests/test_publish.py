@@ -47,7 +47,7 @@ def test_publish_options_across_two_nodes(spawn, publisher):
     publisher.publish("chat.room", {"seq": 4}, headers={"wamp-eligible": str(carol.session)})
     publisher.publish("chat.room", {"seq": 5})
     for c in (alice, bob, carol):
-        yield c.wait_report(lambda r: any(e["args"][0]["seq"] == 5 for e in c.events("room")))
+        yield c.wait_report(lambda r, c=c: any(e["args"][0]["seq"] == 5 for e in c.events("room")))
 
     def seqs(c):
         return [e["args"][0]["seq"] for e in c.events("room")]
