@@ -30,6 +30,8 @@ node_modules/.installed: package.json
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 	npm install --no-audit --no-fund --loglevel=error
+	mkdir -p web/vendor
+	cp node_modules/autobahn-browser/autobahn.min.js web/vendor/autobahn.min.js
 	touch $@
 
 rabbitmq-installed:

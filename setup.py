@@ -18,7 +18,11 @@ setup(
         "notifyd": ["py.typed"],
         "twisted.plugins": ["notifyd_plugin.py"],
     },
-    data_files=[("share/notifyd/web", [f for f in glob("web/*") if "." in f])],
+    # the page, notifyd.js and (after `make`) the vendored Autobahn|JS build
+    data_files=[
+        ("share/notifyd/web", [f for f in glob("web/*") if "." in f]),
+        ("share/notifyd/web/vendor", glob("web/vendor/*.js")),
+    ],
     install_requires=[
         "twisted[tls]>=24.7",
         "autobahn>=24.4",

@@ -1,0 +1,414 @@
+/*
+ * notifyd.js — a small drop-in client for notifyd, on top of Autobahn|JS.
+ *
+ *   <script src="/vendor/autobahn.min.js"></script>
+ *   <script src="/notifyd.js"></script>
+ *   <script>
+ *     const notifier = NotifyD.connect();            // this page's origin, /ws
+ *     notifier.subscribe("invoice.", { match: "prefix" });
+ *     notifier.on("state", (state) => console.log(state));
+ *   </script>
+ *
+ * What it does:
+ * - connects to ws(s)://<this page's host>/ws unless `url` is given;
+ * - keeps a list of wanted subscriptions and (re-)subscribes them every time
+ *   a session opens, so a reconnect needs nothing from the app;
+ * - reconnects with exponential backoff and jitter after any loss, including
+ *   a router GOODBYE (wamp.close.system_shutdown) on which Autobahn|JS alone
+ *   would give up;
+ * - reports the connection state: "connecting", "live", "reconnecting",
+ *   "closed";
+ * - renders events as accessible toasts (role="status", dismissable with the
+ *   close button or Escape, auto-hiding, at most `toasts.max` at once), with
+ *   a renderer per subscription or a default one.
+ *
+ * Works in browsers (global `NotifyD`, needs the global `autobahn` from
+ * npm's autobahn-browser) and in Node (module.exports; pass `autobahn`).
+ * See web/README.md for the whole API.
+ */
+(function (root, factory) {
+  "use strict";
+  if (typeof module === "object" && module.exports) {
+    module.exports = factory();
+  } else {
+    root.NotifyD = factory();
+  }
+})(typeof self !== "undefined" ? self : this, function () {
+  "use strict";
+
+  var STATES = ["connecting", "live", "reconnecting", "closed"];
+
+  function defaultUrl() {
+    if (typeof location === "undefined") {
+      throw new Error("NotifyD: no page origin here; pass options.url");
+    }
+    var scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return scheme + "//" + location.host + "/ws";
+  }
+
+  function pickSerializers(ab, names) {
+    var table = {
+      json: function () { return new ab.serializer.JSONSerializer(); },
+      msgpack: function () { return new ab.serializer.MsgpackSerializer(); },
+      cbor: function () { return new ab.serializer.CBORSerializer(); },
+    };
+    return names.map(function (name) {
+      if (!table[name]) {
+        throw new Error("NotifyD: unknown serializer " + name);
+      }
+      return table[name]();
+    });
+  }
+
+  /* Default rendering: the topic as title, a short text of the payload. */
+  function defaultRender(event) {
+    var value = event.args && event.args.length === 1 ? event.args[0] : event.args;
+    var text;
+    if (value === null || value === undefined) {
+      text = "";
+    } else if (typeof value === "string") {
+      text = value;
+    } else {
+      try { text = JSON.stringify(value); } catch (e) { text = String(value); }
+    }
+    if (text.length > 160) { text = text.slice(0, 157) + "…"; }
+    return { title: event.topic, body: text };
+  }
+
+  /* ---- toasts ---------------------------------------------------------- */
+
+  function Toaster(options) {
+    this.max = options.max || 4;
+    this.timeout = options.timeout === undefined ? 6000 : options.timeout;
+    this.doc = options.document || (typeof document !== "undefined" ? document : null);
+    this.container = options.container || null;
+    this.injectStyles = options.styles !== false;
+  }
+
+  Toaster.prototype._ensure = function () {
+    var doc = this.doc;
+    if (this.container || !doc) { return this.container; }
+    if (this.injectStyles && !doc.getElementById("notifyd-toast-styles")) {
+      var style = doc.createElement("style");
+      style.id = "notifyd-toast-styles";
+      style.textContent = [
+        ".notifyd-toasts{position:fixed;right:1rem;bottom:1rem;display:flex;flex-direction:column;",
+        "gap:.5rem;z-index:2147483000;max-width:min(24rem,calc(100vw - 2rem));font:14px/1.4 system-ui,sans-serif}",
+        ".notifyd-toast{display:flex;gap:.75rem;align-items:flex-start;background:#1f2933;color:#f5f7fa;",
+        "border-left:4px solid #3ebd93;border-radius:6px;padding:.75rem .75rem .75rem 1rem;",
+        "box-shadow:0 6px 20px rgba(0,0,0,.25)}",
+        ".notifyd-toast[data-level=warning]{border-left-color:#f7c948}",
+        ".notifyd-toast[data-level=error]{border-left-color:#ef4e4e}",
+        ".notifyd-toast:focus-within,.notifyd-toast:focus{outline:2px solid #7cc4fa;outline-offset:2px}",
+        ".notifyd-toast-text{flex:1;min-width:0}",
+        ".notifyd-toast-title{font-weight:600;margin:0 0 .15rem}",
+        ".notifyd-toast-body{margin:0;overflow-wrap:anywhere}",
+        ".notifyd-toast-close{background:none;border:0;color:inherit;font-size:1.25rem;line-height:1;",
+        "cursor:pointer;padding:.1rem .3rem;border-radius:4px}",
+        ".notifyd-toast-close:focus-visible{outline:2px solid #7cc4fa}",
+        "@media (prefers-reduced-motion:no-preference){.notifyd-toast{animation:notifyd-in .18s ease-out}}",
+        "@keyframes notifyd-in{from{opacity:0;transform:translateY(.5rem)}to{opacity:1;transform:none}}",
+      ].join("");
+      doc.head.appendChild(style);
+    }
+    var box = doc.createElement("div");
+    box.className = "notifyd-toasts";
+    box.setAttribute("aria-live", "polite");
+    box.setAttribute("aria-label", "Notifications");
+    doc.body.appendChild(box);
+    this.container = box;
+    return box;
+  };
+
+  Toaster.prototype.show = function (content) {
+    var box = this._ensure();
+    if (!box) { return null; }
+    var doc = this.doc;
+    var toast = doc.createElement("div");
+    toast.className = "notifyd-toast";
+    toast.setAttribute("role", "status");
+    toast.tabIndex = -1;
+    if (content.level) { toast.setAttribute("data-level", content.level); }
+    if (content.topic) { toast.setAttribute("data-topic", content.topic); }
+    var text = doc.createElement("div");
+    text.className = "notifyd-toast-text";
+    var title = doc.createElement("p");
+    title.className = "notifyd-toast-title";
+    title.textContent = content.title || "";
+    var body = doc.createElement("p");
+    body.className = "notifyd-toast-body";
+    body.textContent = content.body || "";
+    text.appendChild(title);
+    text.appendChild(body);
+    var close = doc.createElement("button");
+    close.type = "button";
+    close.className = "notifyd-toast-close";
+    close.setAttribute("aria-label", "Dismiss notification");
+    close.textContent = "×";
+    toast.appendChild(text);
+    toast.appendChild(close);
+
+    var self = this;
+    var timer = null;
+    function dismiss() {
+      if (timer) { clearTimeout(timer); timer = null; }
+      if (toast.parentNode) { toast.parentNode.removeChild(toast); }
+    }
+    function arm() {
+      if (self.timeout > 0) { timer = setTimeout(dismiss, self.timeout); }
+    }
+    close.addEventListener("click", dismiss);
+    toast.addEventListener("keydown", function (e) {
+      if (e.key === "Escape") { dismiss(); }
+    });
+    // pause auto-hide while the user looks at or works in the toast
+    toast.addEventListener("mouseenter", function () { if (timer) { clearTimeout(timer); timer = null; } });
+    toast.addEventListener("mouseleave", function () { if (!timer && toast.parentNode) { arm(); } });
+    toast.addEventListener("focusin", function () { if (timer) { clearTimeout(timer); timer = null; } });
+
+    box.appendChild(toast);
+    while (box.children.length > this.max) {
+      box.removeChild(box.firstChild);
+    }
+    arm();
+    return { element: toast, dismiss: dismiss };
+  };
+
+  /* ---- the client ------------------------------------------------------- */
+
+  function Notifier(options) {
+    options = options || {};
+    var ab = options.autobahn || (typeof autobahn !== "undefined" ? autobahn : null); // eslint-disable-line no-undef
+    if (!ab) {
+      throw new Error("NotifyD: Autobahn|JS is not loaded (include autobahn.min.js first)");
+    }
+    this._ab = ab;
+    this.options = options;
+    this.url = options.url || defaultUrl();
+    this.realm = options.realm || "realm1";
+    var ser = options.serializers || [options.serializer || "json"];
+    this._serializerNames = ser;
+    var backoff = options.backoff || {};
+    this._backoff = {
+      initial: backoff.initial || 0.5,
+      max: backoff.max || 30,
+      growth: backoff.growth || 1.7,
+      jitter: backoff.jitter === undefined ? 0.2 : backoff.jitter,
+    };
+    this._delay = this._backoff.initial;
+    this._listeners = {};
+    this._wanted = []; // {topic, options, handle, sub}
+    this._session = null;
+    this._connection = null;
+    this._closing = false;
+    this._timer = null;
+    this._everLive = false;
+    this.state = null;
+    this.reconnects = 0;
+    var toasts = options.toasts === undefined ? true : options.toasts;
+    this._toaster = toasts ? new Toaster(toasts === true ? {} : toasts) : null;
+    this._render = options.render || defaultRender;
+    this._open();
+  }
+
+  Notifier.prototype.on = function (name, fn) {
+    (this._listeners[name] = this._listeners[name] || []).push(fn);
+    if (name === "state" && this.state) { fn(this.state, {}); }
+    return this;
+  };
+
+  Notifier.prototype.off = function (name, fn) {
+    var list = this._listeners[name] || [];
+    var i = list.indexOf(fn);
+    if (i >= 0) { list.splice(i, 1); }
+    return this;
+  };
+
+  Notifier.prototype._emit = function (name) {
+    var args = Array.prototype.slice.call(arguments, 1);
+    (this._listeners[name] || []).slice().forEach(function (fn) {
+      try { fn.apply(null, args); } catch (e) {
+        if (typeof console !== "undefined") { console.error("NotifyD listener failed:", e); }
+      }
+    });
+  };
+
+  Notifier.prototype._setState = function (state, info) {
+    if (STATES.indexOf(state) < 0 || state === this.state) { return; }
+    this.state = state;
+    this._emit("state", state, info || {});
+  };
+
+  Notifier.prototype._open = function () {
+    var self = this;
+    var ab = this._ab;
+    this._setState(this._everLive ? "reconnecting" : "connecting");
+    var conn = new ab.Connection({
+      url: this.url,
+      realm: this.realm,
+      serializers: pickSerializers(ab, this._serializerNames),
+      authmethods: this.options.authmethods,
+      authid: this.options.authid,
+      onchallenge: this.options.onchallenge,
+      max_retries: 0, // notifyd.js does the retrying (see _closed)
+      retry_if_unreachable: false,
+    });
+    this._connection = conn;
+    conn.onopen = function (session) {
+      if (conn !== self._connection) { return; }
+      self._session = session;
+      self._delay = self._backoff.initial;
+      if (self._everLive) { self.reconnects += 1; }
+      self._everLive = true;
+      self._setState("live", { session: session.id, reconnects: self.reconnects });
+      self._wanted.forEach(function (w) { self._subscribeOne(w); });
+    };
+    conn.onclose = function (reason, details) {
+      if (conn !== self._connection) { return true; }
+      self._session = null;
+      self._wanted.forEach(function (w) { w.sub = null; });
+      self._closed(reason, details || {});
+      return true; // stop Autobahn's own retrying: we do it
+    };
+    conn.open();
+  };
+
+  Notifier.prototype._closed = function (reason, details) {
+    var self = this;
+    if (this._closing) {
+      this._setState("closed", { reason: reason });
+      return;
+    }
+    var b = this._backoff;
+    var delay = this._delay;
+    if (b.jitter) { delay = delay * (1 + (Math.random() * 2 - 1) * b.jitter); }
+    this._delay = Math.min(this._delay * b.growth, b.max);
+    this._setState(this._everLive ? "reconnecting" : "connecting", {
+      reason: reason,
+      wampReason: details.reason || null,
+      retryIn: delay,
+    });
+    this._emit("disconnect", { reason: reason, wampReason: details.reason || null, retryIn: delay });
+    this._timer = setTimeout(function () {
+      self._timer = null;
+      if (!self._closing) { self._open(); }
+    }, delay * 1000);
+  };
+
+  Notifier.prototype._subscribeOne = function (w) {
+    var self = this;
+    var session = this._session;
+    if (!session) { return; }
+    var opts = {};
+    if (w.options.match && w.options.match !== "exact") { opts.match = w.options.match; }
+    session.subscribe(w.topic, function (args, kwargs, details) {
+      self._deliver(w, args, kwargs, details);
+    }, opts).then(function (sub) {
+      if (session !== self._session || self._wanted.indexOf(w) < 0) {
+        // the session went away or the app unsubscribed meanwhile
+        if (session === self._session) { session.unsubscribe(sub).then(null, function () {}); }
+        return;
+      }
+      w.sub = sub;
+      self._emit("subscribed", { topic: w.topic, match: w.options.match || "exact", id: sub.id });
+    }, function (err) {
+      self._emit("error", {
+        topic: w.topic,
+        error: err && err.error ? err.error : String(err),
+        message: err && err.args ? err.args[0] : undefined,
+      });
+    });
+  };
+
+  Notifier.prototype._deliver = function (w, args, kwargs, details) {
+    var event = {
+      topic: details.topic || w.topic,
+      args: args || [],
+      kwargs: kwargs || {},
+      publication: details.publication,
+      publisher: details.publisher,
+      subscription: w.handle,
+      receivedAt: new Date(),
+    };
+    if (w.options.onEvent) {
+      try { w.options.onEvent(event); } catch (e) {
+        if (typeof console !== "undefined") { console.error("NotifyD onEvent failed:", e); }
+      }
+    }
+    this._emit("event", event);
+    var toast = w.options.toast === undefined ? true : w.options.toast;
+    if (this._toaster && toast) {
+      var render = w.options.render || this._render;
+      var content = render(event);
+      if (content) {
+        content.topic = event.topic;
+        this._toaster.show(content);
+      }
+    }
+  };
+
+  /**
+   * Subscribe to a topic or pattern. Options: match ("exact" | "prefix" |
+   * "wildcard"), render(event) → {title, body, level} | null, onEvent(event),
+   * toast (false to only get events). Returns a handle with unsubscribe().
+   */
+  Notifier.prototype.subscribe = function (topic, options) {
+    var self = this;
+    if (typeof options === "function") { options = { onEvent: options }; }
+    var w = { topic: topic, options: options || {}, sub: null, handle: null };
+    w.handle = {
+      topic: topic,
+      match: w.options.match || "exact",
+      unsubscribe: function () { return self._unsubscribe(w); },
+    };
+    this._wanted.push(w);
+    this._subscribeOne(w);
+    return w.handle;
+  };
+
+  Notifier.prototype._unsubscribe = function (w) {
+    var i = this._wanted.indexOf(w);
+    if (i >= 0) { this._wanted.splice(i, 1); }
+    var sub = w.sub;
+    w.sub = null;
+    if (sub && this._session) {
+      return this._session.unsubscribe(sub).then(function () { return true; }, function () { return false; });
+    }
+    return Promise.resolve(true);
+  };
+
+  Notifier.prototype.subscriptions = function () {
+    return this._wanted.map(function (w) { return w.handle; });
+  };
+
+  /** Show a toast of your own: {title, body, level}. */
+  Notifier.prototype.toast = function (content) {
+    return this._toaster ? this._toaster.show(content) : null;
+  };
+
+  /** Publish (if the server allows it for this topic). */
+  Notifier.prototype.publish = function (topic, args, kwargs, options) {
+    if (!this._session) { return Promise.reject(new Error("not connected")); }
+    return this._session.publish(topic, args || [], kwargs || {}, options || { acknowledge: true });
+  };
+
+  /** Close for good (no reconnect). */
+  Notifier.prototype.close = function () {
+    this._closing = true;
+    if (this._timer) { clearTimeout(this._timer); this._timer = null; }
+    var conn = this._connection;
+    if (conn && this._session) {
+      conn.close();
+    } else {
+      this._setState("closed", {});
+    }
+  };
+
+  return {
+    connect: function (options) { return new Notifier(options); },
+    Notifier: Notifier,
+    Toaster: Toaster,
+    defaultRender: defaultRender,
+    version: "0.1.0",
+  };
+});
