@@ -11,7 +11,7 @@ AMQP_URL := amqp://guest:guest@127.0.0.1:56720/%2F
 DEMO_PORT ?= 8080
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup venv npm rabbitmq-installed demo demo-kill demo-stop test lint format clean
+.PHONY: setup venv npm rabbitmq-installed chromium demo demo-kill demo-stop test lint format clean
 
 setup: venv npm rabbitmq-installed
 
@@ -40,6 +40,14 @@ rabbitmq-installed:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server; }
 
+# Debian's Chromium for the browser tests (Playwright drives it; it never
+# downloads a browser of its own)
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Debian's chromium"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 lint: venv
 	$(VENV)/bin/ruff check notifyd tests twisted setup.py
 	$(VENV)/bin/ruff format --check notifyd tests twisted setup.py
@@ -48,7 +56,7 @@ format: venv
 	$(VENV)/bin/ruff format notifyd tests twisted setup.py
 	$(VENV)/bin/ruff check --fix notifyd tests twisted setup.py
 
-test: setup lint
+test: setup chromium lint
 	$(TEST_NODE) $(PY) -m notifyd.devbroker start
 	@rc=0; $(TEST_NODE) $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \

@@ -37,6 +37,7 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6",
             "ruff>=0.6",
+            "playwright>=1.40",
         ],
     },
     entry_points={

@@ -189,6 +189,13 @@ SETTINGS: tuple[Setting, ...] = (
         _range(0.1, 3600),
     ),
     Setting(
+        "shutdown_timeout",
+        float,
+        5.0,
+        "On stop, how long to wait for clients to answer GOODBYE before dropping them, in seconds.",
+        _range(0, 600),
+    ),
+    Setting(
         "web_root",
         str,
         None,

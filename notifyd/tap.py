@@ -100,6 +100,9 @@ class NotifydService(MultiService):
     def __init__(self, settings: configmod.Config, reactor: Any = None) -> None:
         super().__init__()
         self.settings = settings
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
         self.bindings = Bindings()
         self.broker = Broker(self.bindings)
         self.router = Router(
@@ -145,8 +148,12 @@ class NotifydService(MultiService):
 
     @inlineCallbacks
     def stopService(self) -> Any:
-        for session in list(self.router.sessions.values()):
-            session.shutdown()
+        """Stop accepting, say GOODBYE to every session and wait for them
+        (bounded by ``shutdown_timeout``), then leave RabbitMQ."""
+        self._log.info("notifyd shutting down: {n} connections", n=len(self.ws_factory.connections))
+        for listener in self.listeners:
+            yield listener.stopService()
+        yield self.ws_factory.shutdown(self.settings.shutdown_timeout, self._reactor)
         yield MultiService.stopService(self)
 
 

@@ -26,6 +26,7 @@ from autobahn.wamp.exception import InvalidUriError, ProtocolError
 from autobahn.wamp.message import Message
 from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from notifyd.router import Router
@@ -61,6 +62,14 @@ class WampServerProtocol(WebSocketServerProtocol):
             "This server only speaks the WebSocket subprotocols "
             + ", ".join(self.factory.serializers),
         )
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.connections.add(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self.factory.connection_gone(self)
 
     def onOpen(self) -> None:
         self.session = WampSession(self.factory.router, self, peer=self.peer)
@@ -170,6 +179,8 @@ class WampServerFactory(WebSocketServerFactory):
         self.serializers = {name: cls() for name, cls in SERIALIZERS.items()}
         super().__init__(url=url, protocols=list(self.serializers), server="notifyd")
         self.router = router
+        self.connections: set[WampServerProtocol] = set()
+        self._drained: list[Deferred[None]] = []
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,
@@ -178,3 +189,33 @@ class WampServerFactory(WebSocketServerFactory):
             failByDrop=False,
             **options,
         )
+
+    def connection_gone(self, proto: WampServerProtocol) -> None:
+        self.connections.discard(proto)
+        if not self.connections:
+            waiters, self._drained = self._drained, []
+            for d in waiters:
+                d.callback(None)
+
+    def shutdown(self, timeout: float, clock: Any = None) -> Deferred[None]:
+        """Say GOODBYE (``wamp.close.system_shutdown``) to every session and
+        wait for the connections to close, at most ``timeout`` seconds; then
+        drop whatever is left."""
+        if clock is None:
+            from twisted.internet import reactor as clock
+        for proto in list(self.connections):
+            if proto.session is not None:
+                proto.session.shutdown()
+            else:
+                proto.close()
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+
+        def force(result: Any) -> None:
+            for proto in list(self.connections):
+                proto.dropConnection(abort=True)
+            return None
+
+        return d.addTimeout(timeout, clock).addErrback(force)

@@ -174,6 +174,27 @@
     return { element: toast, dismiss: dismiss };
   };
 
+  /*
+   * Autobahn|JS (22.x and 26.x) answers a router's GOODBYE by queueing its
+   * GOODBYE reply behind an async serializer and then closing the WebSocket
+   * synchronously, so the reply is written to a closing socket (the browser
+   * logs "WebSocket is already in CLOSING or CLOSED state") and never reaches
+   * the router.  Closing one macrotask later lets the reply go out first.
+   */
+  function deferTransportClose(conn) {
+    var transport = conn._transport;
+    if (!transport || typeof transport.close !== "function" || transport.__notifydDeferred) {
+      return;
+    }
+    var close = transport.close;
+    transport.close = function () {
+      var args = arguments;
+      var that = this;
+      setTimeout(function () { close.apply(that, args); }, 0);
+    };
+    transport.__notifydDeferred = true;
+  }
+
   /* ---- the client ------------------------------------------------------- */
 
   function Notifier(options) {
@@ -257,6 +278,7 @@
     conn.onopen = function (session) {
       if (conn !== self._connection) { return; }
       self._session = session;
+      deferTransportClose(conn);
       self._delay = self._backoff.initial;
       if (self._everLive) { self.reconnects += 1; }
       self._everLive = true;

@@ -1,0 +1,192 @@
+// Unit tests of web/notifyd.js with a fake Autobahn|JS: reconnect with
+// backoff, re-subscribe after every reconnect, and the connection states.
+// Run with: node --test tests/js/
+"use strict";
+
+const test = require("node:test");
+const assert = require("node:assert/strict");
+const NotifyD = require("../../web/notifyd.js");
+
+function fakeAutobahn() {
+  const connections = [];
+  class Session {
+    constructor(id) {
+      this.id = id;
+      this.subscribes = [];
+      this.unsubscribes = [];
+      this.handlers = {};
+    }
+    subscribe(topic, handler, options) {
+      this.subscribes.push({ topic, options });
+      const sub = { id: this.subscribes.length * 100 + this.id, topic };
+      this.handlers[topic] = handler;
+      return Promise.resolve(sub);
+    }
+    unsubscribe(sub) {
+      this.unsubscribes.push(sub.topic);
+      return Promise.resolve(true);
+    }
+  }
+  class Connection {
+    constructor(options) {
+      this.options = options;
+      this.opened = 0;
+      this.closed = 0;
+      connections.push(this);
+    }
+    open() { this.opened += 1; }
+    close() { this.closed += 1; this.onclose("closed", { reason: "wamp.close.normal" }); }
+    // test helpers
+    join(id) { this.session = new Session(id); this.onopen(this.session, {}); return this.session; }
+    lose(reason, details) { return this.onclose(reason || "lost", details || {}); }
+  }
+  const serializer = {
+    JSONSerializer: function () { this.SERIALIZER_ID = "json"; },
+    MsgpackSerializer: function () { this.SERIALIZER_ID = "msgpack"; },
+    CBORSerializer: function () { this.SERIALIZER_ID = "cbor"; },
+  };
+  return { Connection, serializer, connections };
+}
+
+const settle = () => new Promise((r) => setImmediate(r));
+
+function connect(ab, extra) {
+  return NotifyD.connect({
+    autobahn: ab,
+    url: "ws://example.test/ws",
+    toasts: false,
+    backoff: { initial: 1, max: 4, growth: 2, jitter: 0 },
+    ...extra,
+  });
+}
+
+test("subscribes wanted topics once the session opens", async () => {
+  const ab = fakeAutobahn();
+  const n = connect(ab, { serializer: "msgpack" });
+  const states = [];
+  n.on("state", (s) => states.push(s));
+  n.subscribe("invoice.", { match: "prefix" });
+  n.subscribe("client.created");
+  const conn = ab.connections[0];
+  assert.equal(conn.options.serializers[0].SERIALIZER_ID, "msgpack");
+  assert.equal(conn.options.max_retries, 0);
+  const s = conn.join(1);
+  await settle();
+  assert.deepEqual(s.subscribes, [
+    { topic: "invoice.", options: { match: "prefix" } },
+    { topic: "client.created", options: {} },
+  ]);
+  assert.deepEqual(states, ["connecting", "live"]);
+});
+
+test("delivers events with the concrete topic", async () => {
+  const ab = fakeAutobahn();
+  const n = connect(ab);
+  const got = [];
+  n.on("event", (e) => got.push(e));
+  const onEvent = [];
+  n.subscribe("invoice.", { match: "prefix", onEvent: (e) => onEvent.push(e.topic) });
+  const s = ab.connections[0].join(1);
+  await settle();
+  s.handlers["invoice."]([{ invoice: "INV-1" }], {}, { topic: "invoice.sent", publication: 7 });
+  assert.equal(got.length, 1);
+  assert.equal(got[0].topic, "invoice.sent");
+  assert.deepEqual(got[0].args, [{ invoice: "INV-1" }]);
+  assert.deepEqual(onEvent, ["invoice.sent"]);
+});
+
+test("reconnects with growing backoff and re-subscribes everything", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const ab = fakeAutobahn();
+  const n = connect(ab);
+  const states = [];
+  const disconnects = [];
+  n.on("state", (s) => states.push(s));
+  n.on("disconnect", (d) => disconnects.push(d.retryIn));
+  n.subscribe("invoice.", { match: "prefix" });
+  const keep = n.subscribe("client.created");
+  const drop = n.subscribe("payroll.run");
+  ab.connections[0].join(1);
+  await settle();
+
+  // the connection is lost; Autobahn is told not to retry by itself
+  assert.equal(ab.connections[0].lose(), true);
+  assert.equal(n.state, "reconnecting");
+  drop.unsubscribe(); // while disconnected: must not come back
+  t.mock.timers.tick(999);
+  assert.equal(ab.connections.length, 1);
+  t.mock.timers.tick(1);
+  assert.equal(ab.connections.length, 2);
+  assert.equal(ab.connections[1].opened, 1);
+
+  // the next attempt fails too: the delay doubles
+  ab.connections[1].lose("unreachable");
+  t.mock.timers.tick(1999);
+  assert.equal(ab.connections.length, 2);
+  t.mock.timers.tick(1);
+  assert.equal(ab.connections.length, 3);
+
+  const s = ab.connections[2].join(2);
+  await settle();
+  assert.deepEqual(s.subscribes.map((x) => x.topic), ["invoice.", "client.created"]);
+  assert.equal(n.state, "live");
+  assert.equal(n.reconnects, 1);
+  assert.deepEqual(disconnects, [1, 2]);
+  assert.deepEqual(states, ["connecting", "live", "reconnecting", "live"]);
+
+  // after a success the backoff starts over
+  ab.connections[2].lose();
+  assert.deepEqual(disconnects, [1, 2, 1]);
+  assert.ok(keep);
+});
+
+test("a router GOODBYE (system shutdown) is followed by a reconnect", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const ab = fakeAutobahn();
+  const n = connect(ab);
+  n.subscribe("invoice.sent");
+  ab.connections[0].join(1);
+  await settle();
+  ab.connections[0].lose("closed", { reason: "wamp.close.system_shutdown" });
+  assert.equal(n.state, "reconnecting");
+  t.mock.timers.tick(1000);
+  const s = ab.connections[1].join(2);
+  await settle();
+  assert.deepEqual(s.subscribes.map((x) => x.topic), ["invoice.sent"]);
+});
+
+test("backoff is capped", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const ab = fakeAutobahn();
+  const n = connect(ab);
+  const delays = [];
+  n.on("disconnect", (d) => delays.push(d.retryIn));
+  for (let i = 0; i < 5; i++) {
+    ab.connections[i].lose("unreachable");
+    t.mock.timers.tick(10000);
+  }
+  assert.deepEqual(delays, [1, 2, 4, 4, 4]);
+  assert.equal(n.state, "connecting"); // never live yet
+});
+
+test("close() stops for good", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const ab = fakeAutobahn();
+  const n = connect(ab);
+  ab.connections[0].join(1);
+  n.close();
+  assert.equal(n.state, "closed");
+  t.mock.timers.tick(60000);
+  assert.equal(ab.connections.length, 1);
+});
+
+test("unsubscribe while live sends UNSUBSCRIBE", async () => {
+  const ab = fakeAutobahn();
+  const n = connect(ab);
+  const h = n.subscribe("a.b");
+  const s = ab.connections[0].join(1);
+  await settle();
+  await h.unsubscribe();
+  assert.deepEqual(s.unsubscribes, ["a.b"]);
+  assert.deepEqual(n.subscriptions(), []);
+});
