@@ -111,3 +111,48 @@ def test_bindings_follow_subscriptions(spawn, rabbit):
     assert (yield deferToThread(bindings_of, rabbit, queue)) == set()
     assert status(node)["subscriptions"] == 0
     assert status(node)["sessions"] == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_existing_exchange_used_passively_and_amqp_details(spawn, publisher):
+    from tests.harness import hello, raw_peer
+
+    # the publisher fixture declared the exchange; notifyd only checks it
+    node = yield spawn.notifyd("--exchange-passive")
+    peer = yield raw_peer(node.port)
+    yield hello(peer)
+    peer.sendMessage(json.dumps([32, 1, {"match": "prefix"}, "invoice."]).encode())
+    sub = yield peer.wait_message(lambda m: m[0] == 33)
+    publisher.publish(
+        "invoice.sent",
+        {"n": 1},
+        message_id="m-1",
+        timestamp=1700000000,
+        type="InvoiceSent",
+        app_id="billing",
+    )
+    event = yield peer.wait_message(lambda m: m[0] == 36)
+    assert event[1] == sub[2]
+    assert event[3] == {
+        "topic": "invoice.sent",
+        "x_message_id": "m-1",
+        "x_timestamp": 1700000000,
+        "x_type": "InvoiceSent",
+        "x_app_id": "billing",
+    }
+    assert event[4] == [{"n": 1}]
+
+
+@pytest_twisted.inlineCallbacks
+def test_missing_exchange_in_passive_mode_is_reported(rabbit):
+    from tests.harness import Notifyd, unique
+
+    node = Notifyd(rabbit.url, unique("absent"), "--exchange-passive")
+    from twisted.internet import reactor
+
+    reactor.spawnProcess(node, node.args[0], node.args, env=node.env)
+    try:
+        yield node.wait_line(r"RabbitMQ set-up failed; retrying")
+        yield node.wait_line(r"NOT_FOUND - no exchange")
+    finally:
+        yield node.signal("KILL")
