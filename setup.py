@@ -30,6 +30,7 @@ setup(
         "pika>=1.3",
         "msgpack>=1.0",
         "cbor2>=5.4",
+        "pyjwt[crypto]>=2.8",
     ],
     extras_require={
         "test": [

@@ -44,6 +44,9 @@ class Subscriber(Protocol):
     """What the broker needs of a session."""
 
     session_id: int
+    authid: str | None
+    authrole: str | None
+    authextra: dict[str, Any] | None
 
     def send_event(self, event: Any) -> None: ...
 
@@ -166,8 +169,8 @@ class Broker:
         for sub in self.match(event.topic):
             msg = make_event(sub, event)
             if filtered:
-                for sid, session in sub.subscribers.items():
-                    if event.receives(sid):
+                for session in sub.subscribers.values():
+                    if event.receives(session):
                         session.send_event(msg)
                         delivered += 1
             else:

@@ -86,6 +86,49 @@ def _prefixes(values: list[str]) -> list[str]:
     return values
 
 
+def _file(value: str | None) -> str | None:
+    if value is not None and not Path(value).is_file():
+        raise ConfigError(f"{value!r} is not a readable file")
+    return value
+
+
+def _algorithms(values: list[str]) -> list[str]:
+    from notifyd.auth import ALGORITHMS
+
+    for v in values:
+        if v not in ALGORITHMS:
+            raise ConfigError(f"{v!r} is not one of {', '.join(sorted(ALGORITHMS))}")
+    return values
+
+
+def _origins(values: list[str]) -> list[str]:
+    for v in values:
+        if v != "*" and not re.fullmatch(r"https?://[A-Za-z0-9*.\-]+(:\d+|:\*)?", v):
+            raise ConfigError(
+                f"{v!r} is not an origin such as 'https://app.example.com', "
+                "'https://*.example.com' or '*'"
+            )
+    return values
+
+
+def _claim(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}", value):
+        raise ConfigError("must be a claim name (letters, digits, _ and -)")
+    return value
+
+
+def _role(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", value):
+        raise ConfigError("must be a role name (letters, digits, _ and -)")
+    return value
+
+
+def _claims(values: list[str]) -> list[str]:
+    for v in values:
+        _claim(v)
+    return values
+
+
 def _range(lo: float, hi: float) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if not lo <= value <= hi:
@@ -158,6 +201,78 @@ SETTINGS: tuple[Setting, ...] = (
         "Topic prefix clients may PUBLISH to (repeatable; '*' for every topic). "
         "Client publishing is off by default.",
         _prefixes,
+    ),
+    Setting(
+        "authz_file",
+        str,
+        None,
+        "TOML file with the roles' subscribe/publish rules and the wampcra users "
+        "(see docs/security.md). Required with JWT tickets.",
+        _file,
+        optional=True,
+    ),
+    Setting(
+        "jwt_secret_file",
+        str,
+        None,
+        "File holding the HMAC secret (32+ bytes) for HS256/384/512 tickets.",
+        _file,
+        optional=True,
+    ),
+    Setting(
+        "jwt_public_key_file",
+        str,
+        None,
+        "PEM public key for RS*/PS*/ES*/EdDSA tickets.",
+        _file,
+        optional=True,
+    ),
+    Setting(
+        "jwks_file",
+        str,
+        None,
+        "JWKS file (keys chosen by the token's kid) for RS*/PS*/ES*/EdDSA tickets.",
+        _file,
+        optional=True,
+    ),
+    Setting(
+        "jwt_algorithm",
+        list,
+        [],
+        "Accepted JWT algorithm (repeatable), e.g. HS256 or RS256; never taken from the token.",
+        _algorithms,
+    ),
+    Setting("jwt_audience", str, None, "Required aud claim of tickets.", optional=True),
+    Setting("jwt_issuer", str, None, "Required iss claim of tickets.", optional=True),
+    Setting(
+        "jwt_leeway",
+        float,
+        30.0,
+        "Clock skew allowed when checking exp/nbf/iat, in seconds.",
+        _range(0, 300),
+    ),
+    Setting("jwt_role_claim", str, "role", "Ticket claim that holds the WAMP authrole.", _claim),
+    Setting(
+        "jwt_default_role",
+        str,
+        "user",
+        "authrole of tickets without the role claim.",
+        _role,
+    ),
+    Setting(
+        "jwt_extra_claims",
+        list,
+        ["account"],
+        "Ticket claims copied into authextra (usable in rules as {authextra.NAME}).",
+        _claims,
+    ),
+    Setting(
+        "allowed_origins",
+        list,
+        [],
+        "Origins allowed to open the WebSocket (repeatable; '*' for any; patterns like "
+        "https://*.example.com). Empty: same origin as the page only.",
+        _origins,
     ),
     Setting(
         "prefetch",
@@ -338,7 +453,7 @@ def load(
 def reference_table() -> str:
     """The settings table of ``docs/configuration.md`` (kept in sync by a test).
 
-    Regenerate with ``python -m notifyd.config``.
+    Regenerate with ``python -m notifyd.config --update docs/configuration.md``.
     """
 
     def show(value: Any) -> str:
@@ -363,5 +478,18 @@ def reference_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def update_reference(path: str) -> None:
+    """Rewrite the settings table in ``path`` (docs/configuration.md)."""
+    text = Path(path).read_text()
+    start = text.index("| key | flag |")
+    end = text.index("\n\n", start)
+    Path(path).write_text(text[:start] + reference_table().rstrip("\n") + text[end:])
+
+
 if __name__ == "__main__":
-    print(reference_table(), end="")
+    import sys
+
+    if sys.argv[1:2] == ["--update"]:
+        update_reference(sys.argv[2])
+    else:
+        print(reference_table(), end="")

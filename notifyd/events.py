@@ -29,6 +29,19 @@ AMQP → WAMP (every message this node's queue receives):
   ``wamp-payload``      ``envelope`` (see above)
   ====================  ======================================================
 
+  Targeting by identity (lists of strings: an AMQP array, or a string of
+  comma-separated values)::
+
+    wamp-eligible-authid    wamp-exclude-authid
+    wamp-eligible-authrole  wamp-exclude-authrole
+    wamp-eligible-extra-NAME  wamp-exclude-extra-NAME   (authextra[NAME])
+
+  A session receives the event only if it passes *every* eligible list given
+  and is in *no* exclude list.  ``wamp-publisher-authid`` and
+  ``wamp-publisher-authrole`` go into ``details`` with ``wamp-disclose-me``.
+  Any other header starting with ``wamp-`` is an error: a misspelt targeting
+  header must never widen the audience.
+
 Anything that does not fit is a :class:`BadEvent`: the consumer rejects the
 message without requeue (so a dead-letter exchange catches it), logs it once
 and counts it.  Nothing is ever delivered half-decoded or to a wider audience
@@ -52,6 +65,14 @@ HEADER_DISCLOSE_ME = "wamp-disclose-me"
 HEADER_ELIGIBLE = "wamp-eligible"
 HEADER_EXCLUDE = "wamp-exclude"
 HEADER_PAYLOAD = "wamp-payload"
+HEADER_PUBLISHER_AUTHID = "wamp-publisher-authid"
+HEADER_PUBLISHER_AUTHROLE = "wamp-publisher-authrole"
+HEADER_ELIGIBLE_AUTHID = "wamp-eligible-authid"
+HEADER_EXCLUDE_AUTHID = "wamp-exclude-authid"
+HEADER_ELIGIBLE_AUTHROLE = "wamp-eligible-authrole"
+HEADER_EXCLUDE_AUTHROLE = "wamp-exclude-authrole"
+ELIGIBLE_EXTRA = "wamp-eligible-extra-"
+EXCLUDE_EXTRA = "wamp-exclude-extra-"
 PAYLOAD_ENVELOPE = "envelope"
 
 _JSON_TYPES = {None, "", "application/json"}
@@ -87,6 +108,14 @@ class InboundEvent:
     disclose_me: bool = False
     eligible: frozenset[int] | None = None
     exclude: frozenset[int] | None = None
+    publisher_authid: str | None = None
+    publisher_authrole: str | None = None
+    eligible_authid: frozenset[str] | None = None
+    exclude_authid: frozenset[str] | None = None
+    eligible_authrole: frozenset[str] | None = None
+    exclude_authrole: frozenset[str] | None = None
+    eligible_extra: dict[str, frozenset[str]] | None = None
+    exclude_extra: dict[str, frozenset[str]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -96,16 +125,43 @@ class InboundEvent:
             self.eligible is not None
             or bool(self.exclude)
             or (self.exclude_me and self.publisher is not None)
+            or self.eligible_authid is not None
+            or self.eligible_authrole is not None
+            or bool(self.exclude_authid)
+            or bool(self.exclude_authrole)
+            or bool(self.eligible_extra)
+            or bool(self.exclude_extra)
         )
 
-    def receives(self, session_id: int) -> bool:
-        """May the session ``session_id`` receive this event?"""
-        if self.eligible is not None and session_id not in self.eligible:
+    def receives(self, session: Any) -> bool:
+        """May ``session`` (with session_id, authid, authrole, authextra)
+        receive this event?  Every eligible list must admit it; no exclude
+        list may name it."""
+        sid = session.session_id
+        if self.eligible is not None and sid not in self.eligible:
             return False
-        if self.exclude and session_id in self.exclude:
+        if self.exclude and sid in self.exclude:
             return False
-        if self.exclude_me and session_id == self.publisher:
+        if self.exclude_me and sid == self.publisher:
             return False
+        if self.eligible_authid is not None and session.authid not in self.eligible_authid:
+            return False
+        if self.exclude_authid and session.authid in self.exclude_authid:
+            return False
+        if self.eligible_authrole is not None and session.authrole not in self.eligible_authrole:
+            return False
+        if self.exclude_authrole and session.authrole in self.exclude_authrole:
+            return False
+        if self.eligible_extra:
+            extra = session.authextra or {}
+            for name, allowed in self.eligible_extra.items():
+                if extra.get(name) not in allowed:
+                    return False
+        if self.exclude_extra:
+            extra = session.authextra or {}
+            for name, banned in self.exclude_extra.items():
+                if name in extra and extra[name] in banned:
+                    return False
         return True
 
 
@@ -135,6 +191,29 @@ def _session_ids(name: str, value: Any) -> frozenset[int]:
         if not _is_int(v) or not 0 < v <= _MAX_ID:
             raise BadEvent("bad_header", f"header {name} holds an invalid session id")
     return frozenset(items)
+
+
+def _strings(name: str, value: Any) -> frozenset[str]:
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
+    else:
+        raise BadEvent("bad_header", f"header {name} must be an array or a string")
+    for v in items:
+        if not isinstance(v, str) or not v:
+            raise BadEvent("bad_header", f"header {name} must hold non-empty strings")
+    return frozenset(items)
+
+
+def _string(name: str, value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str) or not value:
+        raise BadEvent("bad_header", f"header {name} must be a non-empty string")
+    return value
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -217,6 +296,39 @@ def decode_delivery(routing_key: str, properties: Any, body: bytes, max_size: in
         event.eligible = _session_ids(HEADER_ELIGIBLE, headers[HEADER_ELIGIBLE])
     if HEADER_EXCLUDE in headers:
         event.exclude = _session_ids(HEADER_EXCLUDE, headers[HEADER_EXCLUDE])
+    for name, value in headers.items():
+        if not name.startswith("wamp-") or name in (
+            HEADER_PUBLICATION,
+            HEADER_PUBLISHER,
+            HEADER_EXCLUDE_ME,
+            HEADER_DISCLOSE_ME,
+            HEADER_ELIGIBLE,
+            HEADER_EXCLUDE,
+            HEADER_PAYLOAD,
+        ):
+            continue
+        if name == HEADER_ELIGIBLE_AUTHID:
+            event.eligible_authid = _strings(name, value)
+        elif name == HEADER_EXCLUDE_AUTHID:
+            event.exclude_authid = _strings(name, value)
+        elif name == HEADER_ELIGIBLE_AUTHROLE:
+            event.eligible_authrole = _strings(name, value)
+        elif name == HEADER_EXCLUDE_AUTHROLE:
+            event.exclude_authrole = _strings(name, value)
+        elif name == HEADER_PUBLISHER_AUTHID:
+            event.publisher_authid = _string(name, value)
+        elif name == HEADER_PUBLISHER_AUTHROLE:
+            event.publisher_authrole = _string(name, value)
+        elif name.startswith(ELIGIBLE_EXTRA) and len(name) > len(ELIGIBLE_EXTRA):
+            if event.eligible_extra is None:
+                event.eligible_extra = {}
+            event.eligible_extra[name[len(ELIGIBLE_EXTRA) :]] = _strings(name, value)
+        elif name.startswith(EXCLUDE_EXTRA) and len(name) > len(EXCLUDE_EXTRA):
+            if event.exclude_extra is None:
+                event.exclude_extra = {}
+            event.exclude_extra[name[len(EXCLUDE_EXTRA) :]] = _strings(name, value)
+        else:
+            raise BadEvent("bad_header", f"unknown header {name} (wamp-* headers are reserved)")
 
     extra = event.extra
     message_id = getattr(properties, "message_id", None)
@@ -254,6 +366,12 @@ def encode_publication(
     disclose_me: bool = False,
     eligible: list[int] | None = None,
     exclude: list[int] | None = None,
+    publisher_authid: str | None = None,
+    publisher_authrole: str | None = None,
+    eligible_authid: list[str] | None = None,
+    exclude_authid: list[str] | None = None,
+    eligible_authrole: list[str] | None = None,
+    exclude_authrole: list[str] | None = None,
     max_size: int,
 ) -> Publication:
     """Encode a client PUBLISH the way :func:`decode_delivery` reads it back."""
@@ -264,6 +382,18 @@ def encode_publication(
     }
     if disclose_me:
         headers[HEADER_DISCLOSE_ME] = True
+        if publisher_authid:
+            headers[HEADER_PUBLISHER_AUTHID] = publisher_authid
+        if publisher_authrole:
+            headers[HEADER_PUBLISHER_AUTHROLE] = publisher_authrole
+    for name, values in (
+        (HEADER_ELIGIBLE_AUTHID, eligible_authid),
+        (HEADER_EXCLUDE_AUTHID, exclude_authid),
+        (HEADER_ELIGIBLE_AUTHROLE, eligible_authrole),
+        (HEADER_EXCLUDE_AUTHROLE, exclude_authrole),
+    ):
+        if values is not None:
+            headers[name] = list(values)
     if eligible is not None:
         headers[HEADER_ELIGIBLE] = list(eligible)
     if exclude:

@@ -17,6 +17,8 @@ from autobahn.util import id as random_id
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from notifyd.auth import CraAuthenticator, TicketAuthenticator
+from notifyd.authz import Authorizer
 from notifyd.broker import Broker
 from notifyd.events import BadEvent, Publication, decode_delivery
 
@@ -40,20 +42,32 @@ class Publisher(Protocol):
 
 @dataclass
 class Policy:
-    """What sessions may do (the security issue extends this)."""
+    """Who may join this realm and what sessions may do."""
 
     realm: str = "realm1"
     allow_anonymous: bool = False
     allow_publish: tuple[str, ...] = ()
     max_message_size: int = 1024 * 1024
+    authorizer: Authorizer | None = None
+    ticket: TicketAuthenticator | None = None
+    cra: CraAuthenticator | None = None
+    anonymous_role: str = "anonymous"
 
-    def may_publish(self, topic: str) -> bool:
-        if topic.startswith("wamp."):
-            return False
-        for prefix in self.allow_publish:
-            if prefix == "*" or topic.startswith(prefix):
-                return True
-        return False
+    def __post_init__(self) -> None:
+        if self.authorizer is None:
+            self.authorizer = Authorizer(None, self.allow_publish)
+
+    @property
+    def methods(self) -> list[str]:
+        """The authentication methods this router offers."""
+        out = []
+        if self.ticket is not None:
+            out.append("ticket")
+        if self.cra is not None:
+            out.append("wampcra")
+        if self.allow_anonymous:
+            out.append("anonymous")
+        return out
 
 
 @dataclass
@@ -76,7 +90,11 @@ class Router:
         broker: Broker,
         policy: Policy,
         publisher: Publisher | None = None,
+        clock: Any = None,
     ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.broker = broker
         self.policy = policy
         self.publisher = publisher

@@ -8,9 +8,13 @@ the session answers through the :class:`Transport` it was given.
 States and what is accepted in each:
 
 ========== =================================================================
-NEW        HELLO → WELCOME (or ABORT: ``wamp.error.no_such_realm``,
-           ``wamp.error.no_auth_method``); ABORT from the client closes.
-           Anything else: ABORT ``wamp.error.protocol_violation``.
+NEW        HELLO → WELCOME (anonymous), CHALLENGE (ticket, wampcra) or ABORT
+           (``wamp.error.no_such_realm``, ``wamp.error.no_auth_method``,
+           ``wamp.error.not_authorized``, ``wamp.error.no_such_principal``).
+           ABORT from the client closes.  Anything else: ABORT
+           ``wamp.error.protocol_violation``.
+CHALLENGED AUTHENTICATE → WELCOME or ABORT ``wamp.error.authentication_failed``
+           (the log line says why, never with the secret).
 OPEN       SUBSCRIBE, UNSUBSCRIBE, PUBLISH, CALL (→ ERROR
            ``wamp.error.no_such_procedure``), REGISTER/UNREGISTER (→ ERROR
            ``wamp.error.feature_not_supported``), CANCEL (ignored), GOODBYE
@@ -23,6 +27,10 @@ CLOSED     everything is ignored.
 
 A protocol violation ends only this session: ABORT, then the WebSocket is
 closed.  Other sessions and the process carry on.
+
+A session authenticated with a ticket ends when the ticket expires: at
+``exp`` its subscriptions are dropped at once and it gets GOODBYE
+``wamp.close.auth_expired`` before the connection is closed.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from notifyd import wamp
+from notifyd.auth import AuthFailed, Principal
+from notifyd.authz import Identity
 from notifyd.broker import NoSuchSubscription, Subscription
 from notifyd.events import PayloadError, encode_publication
 from notifyd.router import PublishRejected, PublishUnavailable, Router
@@ -54,8 +64,12 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+CLOSE_AUTH_EXPIRED = "wamp.close.auth_expired"
+
+
 class State(enum.Enum):
     NEW = "new"
+    CHALLENGED = "challenged"
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
@@ -85,7 +99,10 @@ class WampSession:
         self.authid: str | None = None
         self.authrole: str | None = None
         self.authmethod: str | None = None
+        self.authextra: dict[str, Any] = {}
         self._pending: set[Deferred[Subscription]] = set()
+        self._challenge: tuple[str, Any] | None = None
+        self._expiry: Any = None
 
     # -- entry points from the transport ---------------------------------------
     def on_message(self, msg: message.Message, raw: list[Any] | None = None) -> None:
@@ -93,9 +110,11 @@ class WampSession:
         if self.state is State.CLOSED:
             return
         handler = getattr(self, f"_on_{type(msg).__name__.lower()}", None)
-        if self.state is State.NEW:
-            if isinstance(msg, message.Hello):
+        if self.state in (State.NEW, State.CHALLENGED):
+            if isinstance(msg, message.Hello) and self.state is State.NEW:
                 self._on_hello(msg)
+            elif isinstance(msg, message.Authenticate) and self.state is State.CHALLENGED:
+                self._on_authenticate(msg)
             elif isinstance(msg, message.Abort):
                 self._close()
             else:
@@ -152,16 +171,35 @@ class WampSession:
     def shutdown(self, reason: str = wamp.CLOSE_SYSTEM_SHUTDOWN) -> None:
         """Router-initiated close: GOODBYE, then wait for the client's."""
         if self.state is State.OPEN:
-            self.state = State.CLOSING
             self._detach()
+            self.state = State.CLOSING
             self.transport.send(message.Goodbye(reason=reason))
-        elif self.state is State.NEW:
+        elif self.state in (State.NEW, State.CHALLENGED):
+            self._close()
+
+    def _expired(self) -> None:
+        self._expiry = None
+        if self.state is State.OPEN:
+            self._log.info(
+                "ticket of {authid} expired: closing session {session}",
+                authid=self.authid,
+                session=self.session_id,
+            )
+            self.router.stats.inc("sessions_expired")
+            self._detach()
+            self.state = State.CLOSING
+            self.transport.send(
+                message.Goodbye(
+                    reason=CLOSE_AUTH_EXPIRED, message="the authentication ticket expired"
+                )
+            )
             self._close()
 
     def on_close(self) -> None:
         """The transport is gone."""
         self._detach()
         self.state = State.CLOSED
+        self._cancel_expiry()
         for d in list(self._pending):
             d.cancel()
 
@@ -172,30 +210,92 @@ class WampSession:
     def _on_hello(self, msg: message.Hello) -> None:
         policy = self.router.policy
         if msg.realm != policy.realm:
-            self.router.stats.inc("sessions_refused")
-            self.abort(wamp.ERROR_NO_SUCH_REALM, f"no realm {msg.realm!r} on this router")
+            self._refuse(wamp.ERROR_NO_SUCH_REALM, f"no realm {msg.realm!r} on this router")
             return
-        methods = msg.authmethods or ["anonymous"]
-        if "anonymous" not in methods:
-            self.router.stats.inc("sessions_refused")
-            self.abort(
-                wamp.ERROR_NO_AUTH_METHOD,
-                f"none of the offered authentication methods {methods!r} is supported",
-            )
-            return
-        if not policy.allow_anonymous:
-            self.router.stats.inc("sessions_refused")
-            self.abort(
-                wamp.ERROR_NOT_AUTHORIZED,
-                "anonymous access is disabled on this router",
-            )
-            return
+        offered = msg.authmethods or ["anonymous"]
         self.session_id = self.router.new_session_id()
-        self.authid = generate_token(2, 5)
-        self.authrole = "anonymous"
-        self.authmethod = "anonymous"
+        for method in offered:
+            if method not in policy.methods:
+                continue
+            if method == "anonymous":
+                self._welcome(
+                    Principal(
+                        authid=generate_token(2, 5),
+                        authrole=policy.anonymous_role,
+                        authmethod="anonymous",
+                    )
+                )
+                return
+            if method == "ticket":
+                self._challenge = ("ticket", None)
+                self.state = State.CHALLENGED
+                self.transport.send(message.Challenge("ticket", {}))
+                return
+            if method == "wampcra":
+                assert policy.cra is not None
+                try:
+                    extra, expected = policy.cra.challenge(
+                        msg.authid, self.session_id, self.router.clock.seconds()
+                    )
+                except AuthFailed as e:
+                    self._auth_failed("wampcra", msg.authid, e)
+                    return
+                self._challenge = ("wampcra", (msg.authid, expected))
+                self.state = State.CHALLENGED
+                self.transport.send(message.Challenge("wampcra", extra))
+                return
+        if "anonymous" in offered and not policy.allow_anonymous and len(offered) == 1:
+            self._refuse(wamp.ERROR_NOT_AUTHORIZED, "anonymous access is disabled on this router")
+        else:
+            self._refuse(
+                wamp.ERROR_NO_AUTH_METHOD,
+                f"none of the offered authentication methods {offered!r} is enabled "
+                f"(this router offers {policy.methods!r})",
+            )
+
+    def _on_authenticate(self, msg: message.Authenticate) -> None:
+        policy = self.router.policy
+        method, state = self._challenge or ("", None)
+        self._challenge = None
+        try:
+            if method == "ticket":
+                assert policy.ticket is not None
+                principal = policy.ticket.verify(msg.signature)
+            else:
+                assert policy.cra is not None
+                authid, expected = state
+                principal = policy.cra.check(authid, expected, msg.signature)
+        except AuthFailed as e:
+            self._auth_failed(method, None, e)
+            return
+        self._welcome(principal)
+
+    def _auth_failed(self, method: str, authid: Any, e: AuthFailed) -> None:
+        self._log.info(
+            "authentication ({method}) failed for {peer}{who}: {reason}",
+            method=method,
+            peer=self.peer,
+            who=f" as {authid!r}" if isinstance(authid, str) else "",
+            reason=e.reason,
+        )
+        self.router.stats.inc("auth_failures")
+        self._refuse(e.uri, e.reason)
+
+    def _refuse(self, uri: str, text: str) -> None:
+        self.router.stats.inc("sessions_refused")
+        self.abort(uri, text)
+
+    def _welcome(self, principal: Principal) -> None:
+        policy = self.router.policy
+        self.authid = principal.authid
+        self.authrole = principal.authrole
+        self.authmethod = principal.authmethod
+        self.authextra = dict(principal.authextra)
         self.state = State.OPEN
         self.router.attach(self)
+        if principal.expires_at is not None:
+            delay = max(0.0, principal.expires_at - self.router.clock.seconds())
+            self._expiry = self.router.clock.callLater(delay, self._expired)
         self.transport.send(
             message.Welcome(
                 self.session_id,
@@ -204,9 +304,15 @@ class WampSession:
                 authid=self.authid,
                 authrole=self.authrole,
                 authmethod=self.authmethod,
-                authprovider="static",
+                authprovider=principal.authprovider,
+                authextra=self.authextra or None,
             )
         )
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
 
     def _on_abort(self, msg: message.Abort) -> None:
         self._close()
@@ -223,7 +329,17 @@ class WampSession:
         except InvalidTopic as e:
             self._error(msg.MESSAGE_TYPE, msg.request, wamp.ERROR_INVALID_URI, str(e))
             return
-        d = self.router.broker.subscribe(self, msg.topic, msg.match or "exact")
+        match = msg.match or "exact"
+        if not self.router.policy.authorizer.may_subscribe(self._identity(), msg.topic, match):
+            self.router.stats.inc("subscribes_refused")
+            self._error(
+                msg.MESSAGE_TYPE,
+                msg.request,
+                wamp.ERROR_NOT_AUTHORIZED,
+                f"{self.authrole!r} may not subscribe to {msg.topic!r} ({match})",
+            )
+            return
+        d = self.router.broker.subscribe(self, msg.topic, match)
         request = msg.request
 
         def subscribed(sub: Subscription) -> None:
@@ -268,15 +384,12 @@ class WampSession:
             validate_topic(msg.topic)
         except InvalidTopic as e:
             return refuse(wamp.ERROR_INVALID_URI, str(e))
-        if not self.router.policy.may_publish(msg.topic):
+        if not self.router.policy.authorizer.may_publish(self._identity(), msg.topic):
             return refuse(wamp.ERROR_NOT_AUTHORIZED, f"publishing to {msg.topic!r} is not allowed")
         if type(disclose_me) is not bool:
             return refuse(wamp.ERROR_INVALID_ARGUMENT, "disclose_me must be a boolean")
         if msg.payload is not None:
             return refuse(wamp.ERROR_INVALID_ARGUMENT, "payload transparency is not supported")
-        for name in ("eligible_authid", "eligible_authrole", "exclude_authid", "exclude_authrole"):
-            if getattr(msg, name, None) is not None:
-                return refuse(wamp.ERROR_INVALID_ARGUMENT, f"the option {name} is not supported")
         publisher = self.router.publisher
         if publisher is None:
             return refuse(wamp.ERROR_PUBLISH_UNAVAILABLE, "publishing is not configured")
@@ -292,6 +405,12 @@ class WampSession:
                 disclose_me=disclose_me,
                 eligible=msg.eligible,
                 exclude=msg.exclude,
+                publisher_authid=self.authid,
+                publisher_authrole=self.authrole,
+                eligible_authid=msg.eligible_authid,
+                exclude_authid=msg.exclude_authid,
+                eligible_authrole=msg.eligible_authrole,
+                exclude_authrole=msg.exclude_authrole,
                 max_size=self.router.policy.max_message_size,
             )
         except PayloadError as e:
@@ -345,6 +464,9 @@ class WampSession:
         if self.state is State.OPEN:
             self.transport.send(message.Error(request_type, request, uri, args=[text]))
 
+    def _identity(self) -> Identity:
+        return Identity(self.authid, self.authrole, self.authextra)
+
     def _detach(self) -> None:
         if self.session_id and self.state in (State.OPEN, State.CLOSING):
             self.router.detach(self)
@@ -352,6 +474,7 @@ class WampSession:
     def _close(self) -> None:
         self._detach()
         self.state = State.CLOSED
+        self._cancel_expiry()
         for d in list(self._pending):
             d.cancel()
         self.transport.close()

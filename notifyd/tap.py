@@ -19,6 +19,14 @@ from twisted.python import usage
 from notifyd import __version__
 from notifyd import config as configmod
 from notifyd.amqp import AMQPService
+from notifyd.auth import (
+    AuthConfigError,
+    CraAuthenticator,
+    TicketAuthenticator,
+    load_jwks,
+    read_bytes,
+)
+from notifyd.authz import Authorizer, load_authz
 from notifyd.bindings import Bindings
 from notifyd.broker import Broker
 from notifyd.router import Policy, Router
@@ -49,16 +57,9 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        self["listen"] = []
-        self["allow-publish"] = []
-
-    def opt_listen(self, endpoint: str) -> None:
-        """Endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable)."""
-        self["listen"].append(endpoint)
-
-    def opt_allow_publish(self, prefix: str) -> None:
-        """Topic prefix clients may publish to ('*' for all; repeatable)."""
-        self["allow-publish"].append(prefix)
+        for setting in configmod.SETTINGS:
+            if setting.kind is list:
+                self[setting.flag] = []
 
     def opt_version(self) -> None:
         """Print the version and exit."""
@@ -88,8 +89,63 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self["settings"] = configmod.load(self["config"], os.environ, self.overrides())
-        except configmod.ConfigError as e:
+            make_policy(self["settings"])  # check the security settings now
+        except (configmod.ConfigError, AuthConfigError) as e:
             raise usage.UsageError(str(e))
+
+
+def _list_option(setting: configmod.Setting) -> Any:
+    def opt(self: Options, value: str) -> None:
+        self[setting.flag].append(value)
+
+    opt.__doc__ = f"{setting.help} (${setting.env}, comma-separated)"
+    return opt
+
+
+for _setting in configmod.SETTINGS:
+    if _setting.kind is list:
+        setattr(Options, "opt_" + _setting.key, _list_option(_setting))
+
+
+def make_policy(settings: configmod.Config) -> Policy:
+    """The realm's authentication and authorization, from the settings."""
+    roles = None
+    users: dict = {}
+    if settings.authz_file:
+        roles, users = load_authz(settings.authz_file)
+    ticket = None
+    jwt_keys = settings.jwt_secret_file or settings.jwt_public_key_file or settings.jwks_file
+    if jwt_keys or settings.jwt_algorithm:
+        if not settings.authz_file:
+            raise AuthConfigError(
+                "JWT tickets need authz_file (--authz-file): without rules every "
+                "authenticated user could subscribe to every account's events"
+            )
+        ticket = TicketAuthenticator(
+            list(settings.jwt_algorithm),
+            secret=read_bytes("jwt_secret_file", settings.jwt_secret_file)
+            if settings.jwt_secret_file
+            else None,
+            public_key=read_bytes("jwt_public_key_file", settings.jwt_public_key_file)
+            if settings.jwt_public_key_file
+            else None,
+            jwks=load_jwks(settings.jwks_file) if settings.jwks_file else None,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            leeway=settings.jwt_leeway,
+            role_claim=settings.jwt_role_claim,
+            default_role=settings.jwt_default_role,
+            extra_claims=tuple(settings.jwt_extra_claims),
+        )
+    return Policy(
+        realm=settings.realm,
+        allow_anonymous=settings.allow_anonymous,
+        allow_publish=tuple(settings.allow_publish),
+        max_message_size=settings.max_message_size,
+        authorizer=Authorizer(roles, tuple(settings.allow_publish), users),
+        ticket=ticket,
+        cra=CraAuthenticator(users) if users else None,
+    )
 
 
 class NotifydService(MultiService):
@@ -105,15 +161,7 @@ class NotifydService(MultiService):
         self._reactor = reactor
         self.bindings = Bindings()
         self.broker = Broker(self.bindings)
-        self.router = Router(
-            self.broker,
-            Policy(
-                realm=settings.realm,
-                allow_anonymous=settings.allow_anonymous,
-                allow_publish=tuple(settings.allow_publish),
-                max_message_size=settings.max_message_size,
-            ),
-        )
+        self.router = Router(self.broker, make_policy(settings), clock=reactor)
         self.amqp = AMQPService(
             settings.amqp_url,
             settings.exchange,
@@ -127,7 +175,11 @@ class NotifydService(MultiService):
         )
         self.router.publisher = self.amqp
         self.amqp.setServiceParent(self)
-        self.ws_factory = WampServerFactory(self.router, max_message_size=settings.max_message_size)
+        self.ws_factory = WampServerFactory(
+            self.router,
+            max_message_size=settings.max_message_size,
+            allowed_origins=settings.allowed_origins,
+        )
         site = make_site(self.ws_factory, settings.web_root, self.status)
         self.listeners = []
         for description in settings.listen:

@@ -68,6 +68,8 @@ def make_event(sub: Subscription, event: InboundEvent) -> NotifydEvent:
         args=event.args,
         kwargs=event.kwargs,
         publisher=event.publisher if event.disclose_me else None,
+        publisher_authid=event.publisher_authid if event.disclose_me else None,
+        publisher_authrole=event.publisher_authrole if event.disclose_me else None,
         topic=event.topic if sub.match != "exact" else None,
         extra=event.extra,
     )

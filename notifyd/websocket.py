@@ -19,7 +19,9 @@ Wire behaviour:
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.wamp.exception import InvalidUriError, ProtocolError
@@ -51,6 +53,14 @@ class WampServerProtocol(WebSocketServerProtocol):
     subprotocol: str = ""
 
     def onConnect(self, request: ConnectionRequest) -> tuple[str, dict[str, str]]:
+        if not self.factory.origin_allowed(request.origin, request.host):
+            self.factory.router.stats.inc("handshakes_refused_origin")
+            self._nlog.info(
+                "refused WebSocket from {peer}: origin {origin} not allowed",
+                peer=self.peer,
+                origin=request.origin,
+            )
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         for proto in request.protocols:
             if proto in self.factory.serializers:
                 self.subprotocol = proto
@@ -174,11 +184,13 @@ class WampServerFactory(WebSocketServerFactory):
         *,
         url: str | None = None,
         max_message_size: int = 1024 * 1024,
+        allowed_origins: list[str] | None = None,
         **options: Any,
     ) -> None:
         self.serializers = {name: cls() for name, cls in SERIALIZERS.items()}
         super().__init__(url=url, protocols=list(self.serializers), server="notifyd")
         self.router = router
+        self.allowed_origins = [o.lower() for o in allowed_origins or []]
         self.connections: set[WampServerProtocol] = set()
         self._drained: list[Deferred[None]] = []
         self.setProtocolOptions(
@@ -189,6 +201,27 @@ class WampServerFactory(WebSocketServerFactory):
             failByDrop=False,
             **options,
         )
+
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """The Origin rule: requests without Origin (not from a browser) pass;
+        a browser's Origin must match ``allowed_origins``, or, when that is
+        empty, be the page's own origin (same host and port)."""
+        if not origin:
+            return True
+        origin = origin.lower()
+        if self.allowed_origins:
+            return any(o == "*" or fnmatchcase(origin, o) for o in self.allowed_origins)
+        if origin == "null" or host is None:
+            return False
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return False
+        default = {"http": 80, "https": 443}[parts.scheme]
+        want = host.lower()
+        if ":" not in want.rsplit("]", 1)[-1]:
+            want = f"{want}:{default}"
+        got = parts.netloc if parts.port else f"{parts.netloc}:{default}"
+        return got == want
 
     def connection_gone(self, proto: WampServerProtocol) -> None:
         self.connections.discard(proto)

@@ -72,6 +72,8 @@ def test_validation_messages_name_the_setting(tmp_path, text, env, message):
 def test_configuration_reference_matches_the_code():
     """docs/configuration.md lists every setting with its flag and variable."""
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    assert config.reference_table() in doc, "regenerate with: python -m notifyd.config"
+    assert config.reference_table() in doc, (
+        "regenerate: python -m notifyd.config --update docs/configuration.md"
+    )
     documented = set(re.findall(r"^\| `(\w+)` \|", doc, re.M))
     assert documented == {s.key for s in config.SETTINGS}

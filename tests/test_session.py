@@ -110,6 +110,9 @@ def test_publish_acknowledged_and_refused():
     assert t.sent[-1].error == "notifyd.error.publish_unavailable"
     pub.error = None
     s.on_message(message.Publish(7, "chat.x", args=[1], eligible_authid=["bob"], acknowledge=True))
+    assert isinstance(t.sent[-1], message.Published)
+    assert pub.published[-1].headers["wamp-eligible-authid"] == ["bob"]
+    s.on_message(message.Publish(8, "chat.x", payload=b"\x00", acknowledge=True))
     assert t.sent[-1].error == "wamp.error.invalid_argument"
 
 

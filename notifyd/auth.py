@@ -1,0 +1,316 @@
+"""
+Authentication: who a WAMP session is.  No network I/O.
+
+Three methods, offered by the client in HELLO.authmethods and tried in the
+client's order among those this node has enabled:
+
+``ticket``
+    The ticket is a JWT issued by the application backend.  It is verified
+    with pyjwt against keys from the configuration only: an HMAC secret file
+    (HS256/384/512), a PEM public key file or a JWKS file (RS*, PS*, ES*,
+    EdDSA).  The accepted algorithms are pinned by configuration, never taken
+    from the token; an HMAC algorithm is only ever checked with the secret, an
+    asymmetric one only with a public key, so HS/RS confusion is impossible.
+    ``exp`` and ``sub`` are required; ``exp``/``nbf``/``iat`` are checked
+    with a small leeway; ``aud`` and ``iss`` when configured.  Claims map to
+    ``authid`` (``sub``), ``authrole`` (the configured role claim, or the
+    default role) and ``authextra`` (the configured extra claims, e.g.
+    ``account``).  The session is closed when the token expires.
+
+``wampcra``
+    Static users for service clients (from the authz file), with WAMP-CRA's
+    challenge/response (HMAC-SHA256, optionally over a PBKDF2-derived key).
+
+``anonymous``
+    Only when ``allow_anonymous`` is on; role ``anonymous``.
+
+Every failure is an :class:`AuthFailed` carrying the standard WAMP error URI
+for the ABORT and a short reason that never contains a secret or the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from notifyd.topics import validate_topic
+
+ERROR_AUTHENTICATION_FAILED = "wamp.error.authentication_failed"
+ERROR_NO_SUCH_PRINCIPAL = "wamp.error.no_such_principal"
+ERROR_NOT_AUTHORIZED = "wamp.error.not_authorized"
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+ALGORITHMS = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
+
+
+class AuthFailed(Exception):
+    """Authentication refused: ``uri`` for the ABORT, ``reason`` for people."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(reason)
+        self.uri = uri
+        self.reason = reason
+
+
+class AuthConfigError(ValueError):
+    """The authentication settings cannot work."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated identity."""
+
+    authid: str
+    authrole: str
+    authmethod: str
+    authprovider: str = "static"
+    authextra: dict[str, Any] = field(default_factory=dict)
+    expires_at: float | None = None
+
+
+def _component(name: str, value: Any) -> str:
+    """Identity values are used in topics and rules: one URI component."""
+    if not isinstance(value, str) or not value:
+        raise AuthFailed(ERROR_AUTHENTICATION_FAILED, f"claim {name} must be a non-empty string")
+    if len(value) > 255:
+        raise AuthFailed(ERROR_AUTHENTICATION_FAILED, f"claim {name} is too long")
+    return value
+
+
+class TicketAuthenticator:
+    """Verifies JWT tickets."""
+
+    def __init__(
+        self,
+        algorithms: list[str],
+        *,
+        secret: bytes | None = None,
+        public_key: bytes | None = None,
+        jwks: dict[str, Any] | None = None,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway: float = 30.0,
+        role_claim: str = "role",
+        default_role: str = "user",
+        extra_claims: tuple[str, ...] = ("account",),
+    ) -> None:
+        if not algorithms:
+            raise AuthConfigError(
+                "jwt_algorithm: name at least one algorithm (e.g. HS256 or RS256)"
+            )
+        for alg in algorithms:
+            if alg not in ALGORITHMS:
+                raise AuthConfigError(f"jwt_algorithm: {alg!r} is not one of {sorted(ALGORITHMS)}")
+            if alg in HMAC_ALGORITHMS and secret is None:
+                raise AuthConfigError(
+                    f"jwt_algorithm {alg} needs jwt_secret_file "
+                    "(a public key is never used as an HMAC secret)"
+                )
+            if alg in PUBLIC_KEY_ALGORITHMS and public_key is None and jwks is None:
+                raise AuthConfigError(f"jwt_algorithm {alg} needs jwt_public_key_file or jwks_file")
+        if secret is not None and len(secret) < 32:
+            raise AuthConfigError("jwt_secret_file: the secret must be at least 32 bytes")
+        self.algorithms = list(algorithms)
+        self._secret = secret
+        self._public = None
+        if public_key is not None:
+            try:
+                from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+                self._public = load_pem_public_key(public_key)
+            except Exception as e:
+                raise AuthConfigError(f"jwt_public_key_file: not a PEM public key ({e})")
+        self._jwks: jwt.PyJWKSet | None = None
+        if jwks is not None:
+            try:
+                self._jwks = jwt.PyJWKSet.from_dict(jwks)
+            except Exception as e:
+                raise AuthConfigError(f"jwks_file: not a usable JWKS ({e})")
+        self.audience = audience
+        self.issuer = issuer
+        self.leeway = leeway
+        self.role_claim = role_claim
+        self.default_role = default_role
+        self.extra_claims = tuple(extra_claims)
+
+    def _key_for(self, header: dict[str, Any]) -> Any:
+        alg = header.get("alg")
+        if alg not in self.algorithms:
+            raise AuthFailed(
+                ERROR_AUTHENTICATION_FAILED, f"token algorithm {alg!r} is not accepted"
+            )
+        if alg in HMAC_ALGORITHMS:
+            return self._secret
+        if self._jwks is not None:
+            kid = header.get("kid")
+            keys = [k for k in self._jwks.keys if kid is None or k.key_id == kid]
+            if kid is None and len(keys) != 1:
+                raise AuthFailed(
+                    ERROR_AUTHENTICATION_FAILED, "token has no kid and the JWKS has several keys"
+                )
+            if not keys:
+                if self._public is not None:
+                    return self._public
+                raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token kid is not in the JWKS")
+            key = keys[0]
+            if key.algorithm_name and key.algorithm_name != alg:
+                raise AuthFailed(
+                    ERROR_AUTHENTICATION_FAILED, "token algorithm does not match its key"
+                )
+            return key.key
+        return self._public
+
+    def verify(self, token: Any) -> Principal:
+        """The principal of a valid ticket, else :class:`AuthFailed`."""
+        if not isinstance(token, str) or not token or len(token) > 16384:
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "malformed token")
+        key = self._key_for(header)
+        options: dict[str, Any] = {"require": ["exp", "sub"]}
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[header["alg"]],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={**options, "verify_aud": self.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token expired")
+        except jwt.ImmatureSignatureError:
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token not yet valid")
+        except jwt.InvalidAudienceError:
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token audience is wrong")
+        except jwt.InvalidIssuerError:
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token issuer is wrong")
+        except jwt.MissingRequiredClaimError as e:
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, f"token lacks the {e.claim} claim")
+        except jwt.InvalidSignatureError:
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token signature is invalid")
+        except jwt.PyJWTError as e:
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, f"invalid token ({type(e).__name__})")
+        authid = _component("sub", claims["sub"])
+        role = claims.get(self.role_claim, self.default_role)
+        authrole = _component(self.role_claim, role)
+        extra: dict[str, Any] = {}
+        for name in self.extra_claims:
+            if name in claims:
+                extra[name] = _component(
+                    name, str(claims[name]) if isinstance(claims[name], int) else claims[name]
+                )
+        return Principal(
+            authid=authid,
+            authrole=authrole,
+            authmethod="ticket",
+            authprovider="jwt",
+            authextra=extra,
+            expires_at=float(claims["exp"]),
+        )
+
+
+@dataclass(frozen=True)
+class CraUser:
+    """A static WAMP-CRA user (a service client)."""
+
+    secret: str
+    role: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    salt: str | None = None
+    iterations: int = 1000
+    keylen: int = 32
+
+
+class CraAuthenticator:
+    """WAMP-CRA against static users."""
+
+    def __init__(self, users: dict[str, CraUser]) -> None:
+        self.users = users
+
+    def challenge(self, authid: Any, session_id: int, now: float) -> tuple[dict[str, Any], str]:
+        """The CHALLENGE extra for ``authid`` and the expected signature."""
+        if not isinstance(authid, str) or authid not in self.users:
+            raise AuthFailed(ERROR_NO_SUCH_PRINCIPAL, "no such wampcra user")
+        user = self.users[authid]
+        payload = json.dumps(
+            {
+                "authid": authid,
+                "authrole": user.role,
+                "authmethod": "wampcra",
+                "authprovider": "static",
+                "session": session_id,
+                "nonce": base64.b64encode(os.urandom(24)).decode(),
+                "timestamp": int(now),
+            },
+            separators=(",", ":"),
+        )
+        extra: dict[str, Any] = {"challenge": payload}
+        key = user.secret.encode()
+        if user.salt:
+            extra.update(salt=user.salt, iterations=user.iterations, keylen=user.keylen)
+            key = base64.b64encode(
+                hashlib.pbkdf2_hmac("sha256", key, user.salt.encode(), user.iterations, user.keylen)
+            )
+        expected = base64.b64encode(
+            hmac.new(key, payload.encode(), hashlib.sha256).digest()
+        ).decode()
+        return extra, expected
+
+    def check(self, authid: str, expected: str, signature: Any) -> Principal:
+        if not isinstance(signature, str):
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "malformed signature")
+        try:
+            given = base64.b64decode(signature, validate=True)
+        except (binascii.Error, ValueError):
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "malformed signature")
+        if not hmac.compare_digest(given, base64.b64decode(expected)):
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "wrong signature")
+        user = self.users[authid]
+        return Principal(
+            authid=authid, authrole=user.role, authmethod="wampcra", authextra=dict(user.extra)
+        )
+
+
+def load_jwks(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise AuthConfigError(f"jwks_file: cannot read {path}: {e.strerror}")
+    except ValueError:
+        raise AuthConfigError(f"jwks_file: {path} is not JSON")
+    if isinstance(data, dict) and "keys" not in data and "kty" in data:
+        data = {"keys": [data]}
+    return data
+
+
+def read_bytes(setting: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read().strip()
+    except OSError as e:
+        raise AuthConfigError(f"{setting}: cannot read {path}: {e.strerror}")
+
+
+def check_identity_component(value: str) -> bool:
+    """Is ``value`` usable as one topic component (for rule placeholders)?"""
+    try:
+        validate_topic(value)
+    except ValueError:
+        return False
+    return "." not in value
