@@ -53,7 +53,7 @@ class WampServerProtocol(WebSocketServerProtocol):
     subprotocol: str = ""
 
     def onConnect(self, request: ConnectionRequest) -> tuple[str, dict[str, str]]:
-        if not self.factory.origin_allowed(request.origin, request.host):
+        if not self.factory.origin_allowed(request.origin, request.headers.get("host")):
             self.factory.router.stats.inc("handshakes_refused_origin")
             self._nlog.info(
                 "refused WebSocket from {peer}: origin {origin} not allowed",

@@ -46,15 +46,30 @@ def spawn(rabbit: Node, exchange: str) -> Any:
     started: list[Any] = []
 
     class Spawner:
-        def notifyd(self, *extra: str, env: dict | None = None, exchange_name: str | None = None):
+        def notifyd(
+            self,
+            *extra: str,
+            env: dict | None = None,
+            exchange_name: str | None = None,
+            anonymous: bool = True,
+        ):
             n = Notifyd(rabbit.url, exchange_name or exchange, *extra, env=env)
+            if not anonymous:
+                n.args.remove("--allow-anonymous")
             started.append(n)
             return n.start()
 
-        def js(self, url: str, serializer: str = "json", realm: str = "realm1"):
-            c = JsClient(url, serializer, realm)
+        def js(
+            self,
+            url: str,
+            serializer: str = "json",
+            realm: str = "realm1",
+            auth=None,
+            expect_open: bool = True,
+        ):
+            c = JsClient(url, serializer, realm, auth)
             started.append(c)
-            return c.start()
+            return c.start(expect_open)
 
     yield Spawner()
     for proc in reversed(started):

@@ -150,10 +150,13 @@ class Notifyd(LineProcess):
 class JsClient(LineProcess):
     """The scripted Autobahn|JS client ``tests/js/client.cjs`` on Node."""
 
-    def __init__(self, url: str, serializer: str = "json", realm: str = "realm1") -> None:
+    def __init__(
+        self, url: str, serializer: str = "json", realm: str = "realm1", auth: dict | None = None
+    ) -> None:
         super().__init__(f"js-{serializer}")
         self.reports: list[dict] = []
         self.url, self.serializer, self.realm = url, serializer, realm
+        self.auth = auth
         self.session: int | None = None
 
     def line_received(self, line: str) -> None:
@@ -162,12 +165,16 @@ class JsClient(LineProcess):
             self.reports.append(json.loads(line))
 
     @inlineCallbacks
-    def start(self) -> Any:
+    def start(self, expect_open: bool = True) -> Any:
         args = ["node", str(ROOT / "tests/js/client.cjs"), self.url, self.realm, self.serializer]
+        if self.auth:
+            args.append(json.dumps(self.auth))
         reactor.spawnProcess(self, "node", args, env=dict(os.environ), path=str(ROOT))
         r = yield self.wait_report(lambda r: r["ev"] in ("open", "close"))
-        assert r["ev"] == "open", r
-        self.session = r["session"]
+        if expect_open:
+            assert r["ev"] == "open", r
+            self.session = r["session"]
+            self.authid, self.authrole = r.get("authid"), r.get("authrole")
         return self
 
     def send(self, **cmd: Any) -> None:

@@ -24,7 +24,9 @@ globalThis.WebSocket = globalThis.WebSocket || NodeWebSocket;
 const autobahn = require("autobahn");
 const readline = require("readline");
 
-const [url, realm, serializerName] = process.argv.slice(2);
+const [url, realm, serializerName, authJson] = process.argv.slice(2);
+// optional 4th argument: {"authmethods": [...], "authid": "...", "ticket": "...", "secret": "..."}
+const auth = authJson ? JSON.parse(authJson) : {};
 const serializers = {
   json: () => new autobahn.serializer.JSONSerializer(),
   msgpack: () => new autobahn.serializer.MsgpackSerializer(),
@@ -50,6 +52,17 @@ const connection = new autobahn.Connection({
   serializers: [serializers[serializerName]()],
   max_retries: 0,
   retry_if_unreachable: false,
+  authmethods: auth.authmethods,
+  authid: auth.authid,
+  onchallenge: (session, method, extra) => {
+    if (method === "ticket") return auth.ticket;
+    if (method === "wampcra") {
+      let key = auth.secret;
+      if (extra.salt) key = autobahn.auth_cra.derive_key(key, extra.salt, extra.iterations, extra.keylen);
+      return autobahn.auth_cra.sign(key, extra.challenge);
+    }
+    throw new Error("unexpected challenge " + method);
+  },
 });
 
 let session = null;
@@ -94,9 +107,10 @@ async function run(cmd) {
   }
 }
 
-connection.onopen = (s) => {
+connection.onopen = (s, details) => {
   session = s;
-  report({ ev: "open", session: s.id, serializer: serializerName });
+  report({ ev: "open", session: s.id, serializer: serializerName, authid: details.authid,
+           authrole: details.authrole, authmethod: details.authmethod, authextra: plain(details.authextra) });
   while (queue.length) run(queue.shift());
 };
 

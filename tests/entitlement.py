@@ -1,0 +1,182 @@
+"""A model of tenants, users, roles, subscriptions and targeted events, with
+an oracle written independently of notifyd's matching, authorization and
+filtering code.  Used by the property test and by its end-to-end slice."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from dataclasses import dataclass, field
+from functools import cache
+
+AUTHZ_TOML = """
+[roles.user]
+subscribe = [
+  { uri = "acct.{authextra.account}.", match = "prefix" },
+  { uri = "user.{authid}.", match = "prefix" },
+]
+[roles.admin]
+subscribe = [{ uri = "", match = "prefix" }]
+[roles.auditor]
+subscribe = [
+  { uri = "acct..invoice.sent", match = "wildcard" },
+  { uri = "user.{authid}.", match = "prefix" },
+]
+"""
+# the same rules, as the oracle reads them: (template, match)
+RULES = {
+    "user": [("acct.{account}.", "prefix"), ("user.{authid}.", "prefix")],
+    "admin": [("", "prefix")],
+    "auditor": [("acct..invoice.sent", "wildcard"), ("user.{authid}.", "prefix")],
+}
+USERS = [
+    ("alice", "user", "1"),
+    ("bob", "user", "2"),
+    ("carol", "user", "12"),
+    ("root", "admin", "1"),
+    ("audra", "auditor", "2"),
+]
+PATTERNS = [
+    ("acct.1.", "prefix"),
+    ("acct.1", "prefix"),
+    ("acct.2.invoice.", "prefix"),
+    ("acct..invoice.sent", "wildcard"),
+    ("acct.1.invoice.sent", "exact"),
+    ("acct.12.invoice.paid", "exact"),
+    ("acct.2..sent", "wildcard"),
+    ("user.alice.", "prefix"),
+    ("user.bob.note", "exact"),
+    ("user..note", "wildcard"),
+    ("acct.", "prefix"),
+    ("", "prefix"),
+]
+TOPICS = [
+    "acct.1.invoice.sent",
+    "acct.1.invoice.paid",
+    "acct.2.invoice.sent",
+    "acct.12.invoice.paid",
+    "acct.12.invoice.sent",
+    "acct.2.audit.log",
+    "user.alice.note",
+    "user.bob.note",
+]
+# the universe over which "every topic a subscription can match" is judged
+_PARTS = ["acct", "user", "1", "2", "12", "alice", "bob", "invoice", "sent", "paid", "note"]
+UNIVERSE = [".".join(p) for n in range(1, 5) for p in itertools.product(_PARTS, repeat=n)]
+
+
+def oracle_match(pattern: str, match: str, topic: str) -> bool:
+    if match == "exact":
+        return pattern == topic
+    if match == "prefix":
+        return topic[: len(pattern)] == pattern
+    rx = "^" + r"\.".join("[^.]+" if p == "" else re.escape(p) for p in pattern.split(".")) + "$"
+    return re.match(rx, topic) is not None
+
+
+@cache
+def _covered(rule: str, rule_match: str, pattern: str, match: str) -> bool:
+    if match == "exact":
+        return oracle_match(rule, rule_match, pattern)
+    return all(
+        oracle_match(rule, rule_match, t) for t in UNIVERSE if oracle_match(pattern, match, t)
+    )
+
+
+def oracle_may_subscribe(user: tuple[str, str, str], pattern: str, match: str) -> bool:
+    authid, role, account = user
+    for template, rule_match in RULES.get(role, []):
+        rule = template.replace("{account}", account).replace("{authid}", authid)
+        if _covered(rule, rule_match, pattern, match):
+            return True
+    return False
+
+
+@dataclass
+class Event:
+    seq: int
+    topic: str
+    headers: dict = field(default_factory=dict)
+    # the same targeting, for the oracle (session indexes, not ids)
+    eligible: list[int] | None = None
+    exclude: list[int] | None = None
+
+
+@dataclass
+class Scenario:
+    sessions: list[tuple[tuple[str, str, str], list[tuple[str, str]]]]
+    events: list[Event]
+
+
+def make_scenario(rnd: random.Random, n_events: int = 12) -> Scenario:
+    sessions = []
+    for _ in range(rnd.randint(2, 7)):
+        user = rnd.choice(USERS)
+        subs = rnd.sample(PATTERNS, rnd.randint(1, 4))
+        sessions.append((user, subs))
+    events = []
+    for seq in range(n_events):
+        e = Event(seq=seq, topic=rnd.choice(TOPICS))
+        for _ in range(rnd.choice([0, 0, 1, 1, 2])):
+            kind = rnd.choice(
+                [
+                    "eligible",
+                    "exclude",
+                    "eligible-authid",
+                    "exclude-authid",
+                    "eligible-authrole",
+                    "exclude-authrole",
+                    "eligible-extra-account",
+                    "exclude-extra-account",
+                ]
+            )
+            if kind == "eligible":
+                e.eligible = rnd.sample(range(len(sessions)), rnd.randint(0, len(sessions)))
+            elif kind == "exclude":
+                e.exclude = rnd.sample(range(len(sessions)), rnd.randint(1, len(sessions)))
+            elif kind.endswith("authid"):
+                e.headers[f"wamp-{kind}"] = sorted(
+                    rnd.sample([u[0] for u in USERS], rnd.randint(1, 3))
+                )
+            elif kind.endswith("authrole"):
+                e.headers[f"wamp-{kind}"] = sorted(
+                    rnd.sample(["user", "admin", "auditor"], rnd.randint(1, 2))
+                )
+            else:
+                e.headers[f"wamp-{kind}"] = ",".join(
+                    rnd.sample(["1", "2", "12"], rnd.randint(1, 2))
+                )
+        events.append(e)
+    return Scenario(sessions, events)
+
+
+def _listed(value, item) -> bool:
+    items = value.split(",") if isinstance(value, str) else value
+    return item in items
+
+
+def oracle_entitled(scenario: Scenario, i: int, event: Event) -> bool:
+    user, subs = scenario.sessions[i]
+    authid, role, account = user
+    if not any(
+        oracle_may_subscribe(user, p, m) and oracle_match(p, m, event.topic) for p, m in subs
+    ):
+        return False
+    if event.eligible is not None and i not in event.eligible:
+        return False
+    if event.exclude is not None and i in event.exclude:
+        return False
+    h = event.headers
+    checks = [
+        ("wamp-eligible-authid", authid, True),
+        ("wamp-exclude-authid", authid, False),
+        ("wamp-eligible-authrole", role, True),
+        ("wamp-exclude-authrole", role, False),
+        ("wamp-eligible-extra-account", account, True),
+        ("wamp-exclude-extra-account", account, False),
+    ]
+    for name, value, eligible in checks:
+        if name in h and _listed(h[name], value) != eligible:
+            return False
+    return True
