@@ -264,13 +264,21 @@
     var self = this;
     var ab = this._ab;
     this._setState(this._everLive ? "reconnecting" : "connecting");
+    var opts = this.options;
+    var ticket = opts.ticket;
     var conn = new ab.Connection({
       url: this.url,
       realm: this.realm,
       serializers: pickSerializers(ab, this._serializerNames),
-      authmethods: this.options.authmethods,
-      authid: this.options.authid,
-      onchallenge: this.options.onchallenge,
+      authmethods: opts.authmethods || (ticket ? ["ticket"] : undefined),
+      authid: opts.authid,
+      // a ticket may be a string or a function returning one (or a promise
+      // of one): it is asked for on every (re)connect, so a fresh token can
+      // be fetched from the app's backend when the old one has expired
+      onchallenge: opts.onchallenge || (ticket ? function (session, method) {
+        if (method !== "ticket") { throw new Error("NotifyD: unexpected challenge " + method); }
+        return typeof ticket === "function" ? ticket() : ticket;
+      } : undefined),
       max_retries: 0, // notifyd.js does the retrying (see _closed)
       retry_if_unreachable: false,
     });

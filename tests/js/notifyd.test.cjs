@@ -190,3 +190,18 @@ test("unsubscribe while live sends UNSUBSCRIBE", async () => {
   assert.deepEqual(s.unsubscribes, ["a.b"]);
   assert.deepEqual(n.subscriptions(), []);
 });
+
+test("a ticket function is asked on every connect", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const ab = fakeAutobahn();
+  let calls = 0;
+  const n = connect(ab, { ticket: () => "token-" + ++calls });
+  const opts = ab.connections[0].options;
+  assert.deepEqual(opts.authmethods, ["ticket"]);
+  assert.equal(opts.onchallenge(null, "ticket", {}), "token-1");
+  ab.connections[0].lose("closed", { reason: "wamp.close.auth_expired" });
+  t.mock.timers.tick(1000);
+  assert.equal(ab.connections[1].options.onchallenge(null, "ticket", {}), "token-2");
+  assert.throws(() => ab.connections[1].options.onchallenge(null, "wampcra", {}));
+  assert.equal(n.state, "connecting");
+});
