@@ -166,5 +166,7 @@ def test_bad_authz_files(tmp_path, text, message):
 def test_example_authz_file_loads():
     from pathlib import Path
 
-    roles, users = load_authz(str(Path(__file__).resolve().parent.parent / "docs/examples/authz.toml"))
+    roles, users = load_authz(
+        str(Path(__file__).resolve().parent.parent / "docs/examples/authz.toml")
+    )
     assert set(roles) == {"user", "admin", "backend"} and set(users) == {"dashboard"}
