@@ -87,6 +87,7 @@ class AMQPService(Service):
         exchange: str,
         bindings: Bindings,
         deliver: Callable[[str, Any, bytes], Any],
+        observe_latency: Callable[[float], None] | None = None,
         *,
         exchange_passive: bool = False,
         prefetch: int = 256,
@@ -106,6 +107,7 @@ class AMQPService(Service):
         self.dead_letter_exchange = dead_letter_exchange
         self.bindings = bindings
         self._deliver = deliver
+        self._observe = observe_latency
         self._max_retry_delay = max_retry_delay
         self._client: ClientService | None = None
         self._conn: TwistedProtocolConnection | None = None
@@ -223,6 +225,7 @@ class AMQPService(Service):
             except Exception:
                 return
             tag = msg.method.delivery_tag
+            started = time.monotonic()
             try:
                 self._deliver(msg.method.routing_key, msg.properties, msg.body)
             except BadEvent as e:
@@ -237,6 +240,8 @@ class AMQPService(Service):
                 self._log.failure("internal error delivering {key}", key=msg.method.routing_key)
                 channel.basic_reject(tag, requeue=False)
                 continue
+            if self._observe is not None:
+                self._observe(time.monotonic() - started)
             if channel.is_open:
                 channel.basic_ack(tag)
 

@@ -79,6 +79,19 @@ def _endpoints(values: list[str]) -> list[str]:
     return values
 
 
+def _endpoints_or_none(values: list[str]) -> list[str]:
+    return _endpoints(values) if values else values
+
+
+def _one_of(*choices: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            raise ConfigError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
 def _prefixes(values: list[str]) -> list[str]:
     for v in values:
         if v != "*" and not re.fullmatch(r"[^\s#*]+", v):
@@ -302,6 +315,93 @@ SETTINGS: tuple[Setting, ...] = (
         10.0,
         "Longest wait between RabbitMQ reconnection attempts, in seconds.",
         _range(0.1, 3600),
+    ),
+    Setting(
+        "admin_listen",
+        list,
+        [],
+        "Endpoint for /healthz, /readyz and /metrics (repeatable). Empty: they are "
+        "served on the public listen endpoints.",
+        _endpoints_or_none,
+    ),
+    Setting(
+        "log_format",
+        str,
+        "text",
+        "Log output: text (human-readable) or json (one JSON object per line).",
+        _one_of("text", "json"),
+    ),
+    Setting(
+        "max_connections",
+        int,
+        10000,
+        "Most WebSocket connections this node accepts (0: no limit).",
+        _range(0, 10_000_000),
+    ),
+    Setting(
+        "max_connections_per_address",
+        int,
+        0,
+        "Most connections from one remote address (0: no limit; behind a proxy every "
+        "connection comes from the proxy).",
+        _range(0, 10_000_000),
+    ),
+    Setting(
+        "max_subscriptions_per_session",
+        int,
+        200,
+        "Most subscriptions one session may hold.",
+        _range(1, 1_000_000),
+    ),
+    Setting(
+        "max_outbound_buffer",
+        int,
+        1048576,
+        "Bytes a session may have waiting to be written once its socket is full; a "
+        "client that falls further behind is disconnected.",
+        _range(1024, 1024 * 1024 * 1024),
+    ),
+    Setting(
+        "handshake_timeout",
+        float,
+        10.0,
+        "Seconds to complete the WebSocket opening handshake.",
+        _range(0.1, 600),
+    ),
+    Setting(
+        "hello_timeout",
+        float,
+        10.0,
+        "Seconds to send HELLO (and authenticate) after the WebSocket opened.",
+        _range(0.1, 600),
+    ),
+    Setting(
+        "auto_ping_interval",
+        float,
+        25.0,
+        "Seconds between WebSocket pings to each client (0: no pings).",
+        _range(0, 3600),
+    ),
+    Setting(
+        "auto_ping_timeout",
+        float,
+        10.0,
+        "Seconds to wait for a pong before closing a dead connection.",
+        _range(0.1, 3600),
+    ),
+    Setting(
+        "compression",
+        bool,
+        False,
+        "Offer permessage-deflate (costs CPU and disables shared pre-built frames).",
+    ),
+    Setting(
+        "testee_listen",
+        list,
+        [],
+        "Endpoint for a WebSocket echo service with notifyd's WebSocket options, for "
+        "conformance suites (off by default; never expose it).",
+        _endpoints_or_none,
     ),
     Setting(
         "shutdown_timeout",

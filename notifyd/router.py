@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from autobahn.util import id as random_id
+from prometheus_client import Histogram
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -48,6 +49,7 @@ class Policy:
     allow_anonymous: bool = False
     allow_publish: tuple[str, ...] = ()
     max_message_size: int = 1024 * 1024
+    max_subscriptions: int = 200
     authorizer: Authorizer | None = None
     ticket: TicketAuthenticator | None = None
     cra: CraAuthenticator | None = None
@@ -70,11 +72,23 @@ class Policy:
         return out
 
 
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
 @dataclass
 class Stats:
-    """Plain counters; the metrics endpoint reads these."""
+    """Plain counters and the delivery-latency histogram; ``/metrics`` reads
+    these (see :mod:`notifyd.metrics`)."""
 
     counters: Counter[str] = field(default_factory=Counter)
+    latency: Histogram = field(
+        default_factory=lambda: Histogram(
+            "notifyd_delivery_latency_seconds",
+            "AMQP delivery taken from the queue until written to every subscriber's socket",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+    )
 
     def inc(self, name: str, n: int = 1) -> None:
         self.counters[name] += n

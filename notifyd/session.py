@@ -65,6 +65,7 @@ class Transport(Protocol):
 
 
 CLOSE_AUTH_EXPIRED = "wamp.close.auth_expired"
+ERROR_TOO_MANY_SUBSCRIPTIONS = "notifyd.error.too_many_subscriptions"
 
 
 class State(enum.Enum):
@@ -330,6 +331,18 @@ class WampSession:
             self._error(msg.MESSAGE_TYPE, msg.request, wamp.ERROR_INVALID_URI, str(e))
             return
         match = msg.match or "exact"
+        held = self.router.broker.of_session(self.session_id)
+        limit = self.router.policy.max_subscriptions
+        if len(held) >= limit and not any(
+            s.topic == msg.topic and s.match == match for s in held
+        ):
+            self._error(
+                msg.MESSAGE_TYPE,
+                msg.request,
+                ERROR_TOO_MANY_SUBSCRIPTIONS,
+                f"a session may hold at most {limit} subscriptions",
+            )
+            return
         if not self.router.policy.authorizer.may_subscribe(self._identity(), msg.topic, match):
             self.router.stats.inc("subscribes_refused")
             self._error(

@@ -29,8 +29,10 @@ from notifyd.auth import (
 from notifyd.authz import Authorizer, load_authz
 from notifyd.bindings import Bindings
 from notifyd.broker import Broker
+from notifyd.metrics import make_registry
 from notifyd.router import Policy, Router
-from notifyd.web import ListenService, make_site
+from notifyd.testee import make_testee_site
+from notifyd.web import ListenService, admin_resources, make_admin_site, make_site
 from notifyd.websocket import WampServerFactory
 
 
@@ -142,6 +144,7 @@ def make_policy(settings: configmod.Config) -> Policy:
         allow_anonymous=settings.allow_anonymous,
         allow_publish=tuple(settings.allow_publish),
         max_message_size=settings.max_message_size,
+        max_subscriptions=settings.max_subscriptions_per_session,
         authorizer=Authorizer(roles, tuple(settings.allow_publish), users),
         ticket=ticket,
         cra=CraAuthenticator(users) if users else None,
@@ -167,6 +170,7 @@ class NotifydService(MultiService):
             settings.exchange,
             self.bindings,
             self.router.on_delivery,
+            observe_latency=self.router.stats.latency.observe,
             exchange_passive=settings.exchange_passive,
             prefetch=settings.prefetch,
             dead_letter_exchange=settings.dead_letter_exchange,
@@ -179,11 +183,35 @@ class NotifydService(MultiService):
             self.router,
             max_message_size=settings.max_message_size,
             allowed_origins=settings.allowed_origins,
+            max_connections=settings.max_connections,
+            max_connections_per_address=settings.max_connections_per_address,
+            max_outbound_buffer=settings.max_outbound_buffer,
+            handshake_timeout=settings.handshake_timeout,
+            hello_timeout=settings.hello_timeout,
+            auto_ping_interval=settings.auto_ping_interval,
+            auto_ping_timeout=settings.auto_ping_timeout,
+            compression=settings.compression,
+            clock=reactor,
         )
-        site = make_site(self.ws_factory, settings.web_root, self.status)
+        self.registry = make_registry(self)
+        admin = admin_resources(self.status, self.registry)
+        public = {} if settings.admin_listen else admin
+        site = make_site(self.ws_factory, settings.web_root, public)
         self.listeners = []
         for description in settings.listen:
             listener = ListenService(description, site, reactor=reactor)
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+        if settings.admin_listen:
+            admin_site = make_admin_site(admin)
+            for description in settings.admin_listen:
+                listener = ListenService(description, admin_site, reactor=reactor, label="admin")
+                listener.setServiceParent(self)
+                self.listeners.append(listener)
+        for description in settings.testee_listen:
+            listener = ListenService(
+                description, make_testee_site(self.ws_factory), reactor=reactor, label="testee"
+            )
             listener.setServiceParent(self)
             self.listeners.append(listener)
 

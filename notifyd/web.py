@@ -7,7 +7,11 @@ The HTTP side: one resource tree per listening port.
 ``/ws``        the WAMP v2 WebSocket endpoint
 ``/healthz``   200 ``ok`` while the process runs
 ``/readyz``    200 when consuming from RabbitMQ, 503 otherwise (JSON body)
+``/metrics``   Prometheus metrics (:mod:`notifyd.metrics`)
 =============  =================================================================
+
+With ``--admin-listen``, ``/healthz``, ``/readyz`` and ``/metrics`` move to
+that endpoint only.
 """
 
 from __future__ import annotations
@@ -93,12 +97,36 @@ class _NoPage(Resource):
         return b"notifyd: WAMP v2 WebSocket endpoint at /ws\n"
 
 
-def make_site(ws_factory: Any, web_root: str | None, status: Callable[[], dict[str, Any]]) -> Site:
-    """The resource tree: page, ``/ws``, ``/healthz`` and ``/readyz``."""
+def admin_resources(status: Callable[[], dict[str, Any]], registry: Any) -> dict[bytes, Resource]:
+    """``/healthz``, ``/readyz`` and ``/metrics``."""
+    from prometheus_client.twisted import MetricsResource
+
+    return {b"healthz": _Health(), b"readyz": _Ready(status), b"metrics": MetricsResource(registry)}
+
+
+def make_site(ws_factory: Any, web_root: str | None, extra: dict[bytes, Resource]) -> Site:
+    """The public resource tree: page, ``/ws`` and (unless an admin endpoint
+    is configured) the admin resources."""
     root: Resource = StaticFiles(web_root) if web_root else _NoPage()
     root.putChild(b"ws", WebSocketResource(ws_factory))
-    root.putChild(b"healthz", _Health())
-    root.putChild(b"readyz", _Ready(status))
+    for name, resource in extra.items():
+        root.putChild(name, resource)
+    site = Site(root)
+    site.displayTracebacks = False
+    return site
+
+
+class _AdminRoot(Resource):
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"notifyd admin: /healthz /readyz /metrics\n"
+
+
+def make_admin_site(extra: dict[bytes, Resource]) -> Site:
+    """The private admin site (``--admin-listen``)."""
+    root = _AdminRoot()
+    for name, resource in extra.items():
+        root.putChild(name, resource)
     site = Site(root)
     site.displayTracebacks = False
     return site
@@ -109,12 +137,15 @@ class ListenService(Service):
 
     _log = Logger()
 
-    def __init__(self, description: str, factory: Any, reactor: Any = None) -> None:
+    def __init__(
+        self, description: str, factory: Any, reactor: Any = None, label: str = "notifyd"
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self.description = description
+        self.label = label
         self.factory = factory
         self._reactor = reactor
         self.port: Any = None
@@ -131,7 +162,8 @@ class ListenService(Service):
         self.port = port
         addr = port.getHost()
         self._log.info(
-            "notifyd listening on {host}:{port} ({description})",
+            "{label} listening on {host}:{port} ({description})",
+            label=self.label,
             host=getattr(addr, "host", "?"),
             port=getattr(addr, "port", "?"),
             description=self.description,

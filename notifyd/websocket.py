@@ -15,6 +15,23 @@ Wire behaviour:
   layer (close code 1009); invalid UTF-8 in a text frame closes with 1007.
 * An EVENT is encoded once per serializer and framed once per serializer,
   however many sessions receive it.
+
+Limits and liveness:
+
+* Over ``max_connections`` (or ``max_connections_per_address``) the opening
+  handshake is refused with HTTP 503.
+* The opening handshake must complete within ``handshake_timeout``; HELLO
+  (and authentication) must follow within ``hello_timeout``, else ABORT
+  ``notifyd.error.hello_timeout``.
+* Every ``auto_ping_interval`` seconds the server pings; a peer that sends
+  nothing (no pong, no data) for ``auto_ping_timeout`` more is dropped.
+* **Slow clients.**  Each connection is a push producer of its TCP
+  transport: when the kernel and Twisted's buffer (64 KiB) are full, Twisted
+  pauses it.  While paused, at most ``max_outbound_buffer`` more bytes are
+  queued for it; past that the connection is aborted (logged as
+  ``slow consumer``, counted in ``notifyd_slow_consumer_disconnects_total``
+  and ``notifyd_events_dropped_total{reason="slow_consumer"}``).  No other
+  session and not the AMQP consumer ever waits for it.
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.wamp.exception import InvalidUriError, ProtocolError
 from autobahn.wamp.message import Message
 from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -44,6 +62,24 @@ SERIALIZERS = {
 _UNSERIALIZABLE = object()
 
 
+class _Pressure:
+    """Twisted tells a connection's transport buffer state through this."""
+
+    def __init__(self, proto: WampServerProtocol) -> None:
+        self.proto = proto
+
+    def pauseProducing(self) -> None:
+        self.proto.paused = True
+        self.proto.backlog = 0
+
+    def resumeProducing(self) -> None:
+        self.proto.paused = False
+        self.proto.backlog = 0
+
+    def stopProducing(self) -> None:
+        self.proto.paused = False
+
+
 class WampServerProtocol(WebSocketServerProtocol):
     """Negotiates a serializer, decodes frames, hands messages to the session."""
 
@@ -51,10 +87,19 @@ class WampServerProtocol(WebSocketServerProtocol):
     factory: WampServerFactory
     session: WampSession | None = None
     subprotocol: str = ""
+    paused = False
+    backlog = 0
+    _hello_timer: Any = None
+    _slow = False
 
     def onConnect(self, request: ConnectionRequest) -> tuple[str, dict[str, str]]:
+        refusal = self.factory.over_limit(self)
+        if refusal is not None:
+            self.factory.router.stats.inc(f"connections_refused_{refusal}")
+            self._nlog.warn("refused WebSocket from {peer}: {why}", peer=self.peer, why=refusal)
+            raise ConnectionDeny(503, "too many connections")
         if not self.factory.origin_allowed(request.origin, request.headers.get("host")):
-            self.factory.router.stats.inc("handshakes_refused_origin")
+            self.factory.router.stats.inc("connections_refused_origin")
             self._nlog.info(
                 "refused WebSocket from {peer}: origin {origin} not allowed",
                 peer=self.peer,
@@ -76,13 +121,28 @@ class WampServerProtocol(WebSocketServerProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.connections.add(self)
+        # Behind WebSocketResource the HTTP channel that accepted the upgrade
+        # is still the transport's producer; this connection takes over.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.transport.registerProducer(_Pressure(self), True)
 
     def connectionLost(self, reason: Any) -> None:
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
         super().connectionLost(reason)
         self.factory.connection_gone(self)
 
     def onOpen(self) -> None:
         self.session = WampSession(self.factory.router, self, peer=self.peer)
+        self._hello_timer = self.factory.clock.callLater(self.factory.hello_timeout, self._no_hello)
+
+    def _no_hello(self) -> None:
+        self._hello_timer = None
+        session = self.session
+        if session is not None and session.state.value in ("new", "challenged"):
+            self._nlog.info("no HELLO from {peer} in time: closing", peer=self.peer)
+            session.abort("notifyd.error.hello_timeout", "no HELLO (or authentication) in time")
         self.factory.router.stats.inc(f"connections_{self.subprotocol}")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -139,13 +199,33 @@ class WampServerProtocol(WebSocketServerProtocol):
 
     # -- Transport for WampSession ---------------------------------------------
     def send(self, msg: Message) -> None:
-        if self.state != self.STATE_OPEN:
+        if self.state != self.STATE_OPEN or self._slow:
             return
         payload, is_binary = self._wamp_serializer.serialize(msg)
+        if self.paused and self._over_budget(len(payload)):
+            return
         self.sendMessage(payload, is_binary)
 
+    def _over_budget(self, size: int) -> bool:
+        self.backlog += size
+        if self.backlog <= self.factory.max_outbound_buffer:
+            return False
+        self._slow = True
+        stats = self.factory.router.stats
+        stats.inc("slow_consumers")
+        stats.inc("events_dropped_slow_consumer")
+        self._nlog.warn(
+            "slow consumer {peer}: more than {n} bytes waiting; disconnecting",
+            peer=self.peer,
+            n=self.factory.max_outbound_buffer,
+        )
+        self.dropConnection(abort=True)
+        return True
+
     def send_event(self, event: NotifydEvent) -> None:
-        if self.state != self.STATE_OPEN:
+        if self.state != self.STATE_OPEN or self._slow:
+            if self._slow:
+                self.factory.router.stats.inc("events_dropped_slow_consumer")
             return
         frames = event.frames
         frame = frames.get(self.subprotocol)
@@ -166,11 +246,20 @@ class WampServerProtocol(WebSocketServerProtocol):
         elif frame is _UNSERIALIZABLE:
             self.factory.router.stats.inc("events_dropped_unserializable")
             return
+        if self.paused and self._over_budget(len(frame.payloadHybi)):
+            return
         self.sendPreparedMessage(frame)
 
     def close(self) -> None:
         if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
             self.sendClose(1000)
+
+
+def _accept_deflate(offers: list[Any]) -> Any:
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
 
 
 class WampServerFactory(WebSocketServerFactory):
@@ -185,22 +274,57 @@ class WampServerFactory(WebSocketServerFactory):
         url: str | None = None,
         max_message_size: int = 1024 * 1024,
         allowed_origins: list[str] | None = None,
-        **options: Any,
+        max_connections: int = 0,
+        max_connections_per_address: int = 0,
+        max_outbound_buffer: int = 1024 * 1024,
+        handshake_timeout: float = 10.0,
+        hello_timeout: float = 10.0,
+        auto_ping_interval: float = 0.0,
+        auto_ping_timeout: float = 10.0,
+        compression: bool = False,
+        clock: Any = None,
     ) -> None:
         self.serializers = {name: cls() for name, cls in SERIALIZERS.items()}
         super().__init__(url=url, protocols=list(self.serializers), server="notifyd")
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.router = router
         self.allowed_origins = [o.lower() for o in allowed_origins or []]
+        self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.max_outbound_buffer = max_outbound_buffer
+        self.hello_timeout = hello_timeout
         self.connections: set[WampServerProtocol] = set()
         self._drained: list[Deferred[None]] = []
-        self.setProtocolOptions(
+        #: the WebSocket options, shared with the conformance testee
+        self.protocol_options: dict[str, Any] = dict(
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,
             # tell the peer why (e.g. 1009 message too big) instead of just
             # dropping the TCP connection
             failByDrop=False,
-            **options,
+            openHandshakeTimeout=handshake_timeout,
+            closeHandshakeTimeout=5,
+            autoPingInterval=auto_ping_interval,
+            autoPingTimeout=auto_ping_timeout,
         )
+        if compression:
+            self.protocol_options["perMessageCompressionAccept"] = _accept_deflate
+        self.setProtocolOptions(**self.protocol_options)
+
+    def over_limit(self, proto: WampServerProtocol) -> str | None:
+        """Why ``proto`` may not open a WebSocket now, or None."""
+        if self.max_connections and len(self.connections) > self.max_connections:
+            return "limit"
+        if self.max_connections_per_address:
+            host = getattr(proto.transport.getPeer(), "host", None)
+            same = sum(
+                1 for p in self.connections if getattr(p.transport.getPeer(), "host", None) == host
+            )
+            if same > self.max_connections_per_address:
+                return "limit_per_address"
+        return None
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """The Origin rule: requests without Origin (not from a browser) pass;

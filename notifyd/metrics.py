@@ -1,0 +1,126 @@
+"""
+Prometheus metrics, served at ``/metrics`` (prometheus-client).
+
+Nothing on the hot path touches prometheus-client: the router keeps plain
+counters (a ``collections.Counter`` increment per event) and the collector
+turns them, and the live state (connections, sessions, subscriptions,
+bindings), into metric families when Prometheus scrapes.  The one histogram,
+delivery latency, is observed once per AMQP delivery (not per subscriber).
+
+=========================================  =====  ==================================
+metric                                     type   labels
+=========================================  =====  ==================================
+notifyd_connections                        gauge  serializer (``none`` before the handshake)
+notifyd_sessions                           gauge  serializer
+notifyd_subscriptions                      gauge  match
+notifyd_subscribers                        gauge
+notifyd_amqp_bindings                      gauge
+notifyd_amqp_ready                         gauge
+notifyd_events_received_total              counter
+notifyd_events_delivered_total             counter (one per EVENT written to a session)
+notifyd_events_dropped_total               counter reason (``unserializable``, ``slow_consumer``)
+notifyd_amqp_rejected_total                counter reason (``bad_json``, ``too_large``, …)
+notifyd_client_publishes_total             counter result (``ok``, ``refused``)
+notifyd_amqp_reconnects_total              counter
+notifyd_sessions_opened_total              counter
+notifyd_sessions_refused_total             counter
+notifyd_sessions_expired_total             counter
+notifyd_auth_failures_total                counter
+notifyd_protocol_violations_total          counter
+notifyd_slow_consumer_disconnects_total    counter
+notifyd_connections_refused_total          counter reason (``origin``, ``limit``, ``limit_per_address``)
+notifyd_delivery_latency_seconds           histogram  (AMQP delivery taken from the queue → written
+                                                      to every subscriber's socket)
+=========================================  =====  ==================================
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_PLAIN_COUNTERS = {
+    "events_received": ("notifyd_events_received", "AMQP deliveries decoded as events"),
+    "events_delivered": ("notifyd_events_delivered", "EVENT messages written to sessions"),
+    "sessions_opened": ("notifyd_sessions_opened", "WAMP sessions established"),
+    "sessions_refused": ("notifyd_sessions_refused", "HELLOs answered with ABORT"),
+    "sessions_expired": ("notifyd_sessions_expired", "sessions closed because their ticket expired"),
+    "auth_failures": ("notifyd_auth_failures", "failed authentications"),
+    "protocol_violations": ("notifyd_protocol_violations", "sessions aborted for protocol violations"),
+    "slow_consumers": ("notifyd_slow_consumer_disconnects", "connections dropped for not reading"),
+}
+_LABELLED = {
+    "events_dropped_": ("notifyd_events_dropped", "events not delivered to a subscriber", "reason"),
+    "events_rejected_": ("notifyd_amqp_rejected", "AMQP messages rejected (dead-lettered)", "reason"),
+    "connections_refused_": ("notifyd_connections_refused", "WebSocket connections refused", "reason"),
+}
+
+
+class NotifydCollector(Collector):
+    """Reads a :class:`notifyd.tap.NotifydService` at scrape time."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        svc = self.service
+        router, broker = svc.router, svc.broker
+        counters: Counter[str] = router.stats.counters
+
+        conns = GaugeMetricFamily("notifyd_connections", "open WebSocket connections", labels=["serializer"])
+        by_ser = Counter(getattr(p, "subprotocol", "") or "none" for p in svc.ws_factory.connections)
+        for name in ("wamp.2.json", "wamp.2.msgpack", "wamp.2.cbor"):
+            by_ser.setdefault(name, 0)
+        for ser, n in sorted(by_ser.items()):
+            conns.add_metric([ser.removeprefix("wamp.2.")], n)
+        yield conns
+
+        sessions = GaugeMetricFamily("notifyd_sessions", "established WAMP sessions", labels=["serializer"])
+        by_ser = Counter({"wamp.2.json": 0, "wamp.2.msgpack": 0, "wamp.2.cbor": 0})
+        for s in router.sessions.values():
+            by_ser[getattr(s.transport, "subprotocol", "none")] += 1
+        for ser, n in sorted(by_ser.items()):
+            sessions.add_metric([ser.removeprefix("wamp.2.")], n)
+        yield sessions
+
+        subs = GaugeMetricFamily("notifyd_subscriptions", "subscriptions on this node", labels=["match"])
+        by_match = Counter({"exact": 0, "prefix": 0, "wildcard": 0})
+        subscribers = 0
+        for sub in broker.subscriptions():
+            by_match[sub.match] += 1
+            subscribers += len(sub.subscribers)
+        for match, n in sorted(by_match.items()):
+            subs.add_metric([match], n)
+        yield subs
+        yield GaugeMetricFamily("notifyd_subscribers", "session-subscription pairs", value=subscribers)
+        yield GaugeMetricFamily(
+            "notifyd_amqp_bindings", "binding keys confirmed on this node's queue", value=len(svc.bindings.bound)
+        )
+        yield GaugeMetricFamily("notifyd_amqp_ready", "1 while consuming from RabbitMQ", value=int(svc.amqp.ready))
+
+        for key, (name, doc) in _PLAIN_COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=counters.get(key, 0))
+        yield CounterMetricFamily("notifyd_amqp_reconnects", "RabbitMQ reconnections", value=svc.amqp.reconnects)
+        publishes = CounterMetricFamily("notifyd_client_publishes", "client PUBLISH messages", labels=["result"])
+        publishes.add_metric(["ok"], counters.get("publishes", 0))
+        publishes.add_metric(["refused"], counters.get("publishes_refused", 0))
+        yield publishes
+        for prefix, (name, doc, label) in _LABELLED.items():
+            family = CounterMetricFamily(name, doc, labels=[label])
+            for key, n in sorted(counters.items()):
+                if key.startswith(prefix):
+                    family.add_metric([key[len(prefix) :]], n)
+            yield family
+        yield from router.stats.latency.collect()
+
+
+def make_registry(service: Any) -> CollectorRegistry:
+    """A registry of this node's metrics only (no process-global state)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NotifydCollector(service))
+    return registry
