@@ -110,6 +110,8 @@ class AMQPService(Service):
         self._observe = observe_latency
         self._max_retry_delay = max_retry_delay
         self._client: ClientService | None = None
+        self._consumer: tuple[Any, str] | None = None
+        self.acked = 0
         self._conn: TwistedProtocolConnection | None = None
         self._publish_channel: Any = None
         self.queue: str | None = None
@@ -137,15 +139,34 @@ class AMQPService(Service):
         )
 
     @inlineCallbacks
+    def stop_consuming(self, timeout: float = 5.0) -> Any:
+        """Cancel the consumer.  Deliveries that arrive until RabbitMQ's
+        cancel-ok are still fanned out and acked (the consumer loop handles
+        each one as it arrives), so nothing this node took is left unhandled.
+        """
+        self.ready = False
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        channel, tag = consumer
+        if not channel.is_open:
+            return
+        try:
+            yield channel.basic_cancel(tag).addTimeout(timeout, self._reactor)
+            self._log.info("AMQP consumer cancelled after {n} acked deliveries", n=self.acked)
+        except Exception as e:
+            self._log.warn("cancelling the AMQP consumer failed: {e}", e=e)
+
+    @inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
         self.ready = False
         conn = self._conn
         if conn is not None and conn.is_open:
             try:
-                yield conn.close()
+                yield conn.close().addTimeout(5, self._reactor)
             except Exception:
-                pass
+                conn.transport.abortConnection()
         if self._client is not None:
             yield self._client.stopService()
 
@@ -172,7 +193,7 @@ class AMQPService(Service):
             publish_channel = yield conn.channel()
             yield publish_channel.confirm_delivery()
             yield self.bindings.attach(_QueueBinder(channel, queue, self.exchange))
-            consumer, _tag = yield channel.basic_consume(queue=queue, auto_ack=False)
+            consumer, tag = yield channel.basic_consume(queue=queue, auto_ack=False)
         except Exception:
             self.bindings.detach()
             self._log.failure("RabbitMQ set-up failed; retrying")
@@ -181,6 +202,7 @@ class AMQPService(Service):
         self._conn = conn
         self.queue = queue
         self._publish_channel = publish_channel
+        self._consumer = (channel, tag)
         conn.closed.addCallback(self._lost, conn)
         channel.on_closed.addCallback(self._channel_closed, conn, "consumer")
         publish_channel.on_closed.addCallback(self._channel_closed, conn, "publisher")
@@ -244,6 +266,7 @@ class AMQPService(Service):
                 self._observe(time.monotonic() - started)
             if channel.is_open:
                 channel.basic_ack(tag)
+                self.acked += 1
 
     # -- publishing -------------------------------------------------------------------
     def publish(self, publication: Publication) -> Deferred[None]:

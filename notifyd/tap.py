@@ -16,7 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 from twisted.python import usage
 
-from notifyd import __version__
+from notifyd import __version__, logs
 from notifyd import config as configmod
 from notifyd.amqp import AMQPService
 from notifyd.auth import (
@@ -215,6 +215,11 @@ class NotifydService(MultiService):
             listener.setServiceParent(self)
             self.listeners.append(listener)
 
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        # twistd asks the application for a log observer before it starts
+        logs.install(parent, self.settings.log_format)
+
     def status(self) -> dict[str, Any]:
         """What ``/readyz`` reports."""
         return {
@@ -228,13 +233,17 @@ class NotifydService(MultiService):
 
     @inlineCallbacks
     def stopService(self) -> Any:
-        """Stop accepting, say GOODBYE to every session and wait for them
-        (bounded by ``shutdown_timeout``), then leave RabbitMQ."""
+        """Graceful stop: stop accepting; cancel the AMQP consumer (what was
+        already taken is delivered and acked); GOODBYE
+        ``wamp.close.system_shutdown`` to every session and wait for them to
+        close (at most ``shutdown_timeout``); then leave RabbitMQ."""
         self._log.info("notifyd shutting down: {n} connections", n=len(self.ws_factory.connections))
         for listener in self.listeners:
             yield listener.stopService()
+        yield self.amqp.stop_consuming()
         yield self.ws_factory.shutdown(self.settings.shutdown_timeout, self._reactor)
         yield MultiService.stopService(self)
+        self._log.info("notifyd stopped: {n} deliveries acked in all", n=self.amqp.acked)
 
 
 def makeService(options: Options, reactor: Any = None) -> NotifydService:
