@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import ILogObserver, formatEvent
@@ -42,7 +42,7 @@ class JsonLines:
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level")
         record: dict[str, Any] = {
-            "time": datetime.fromtimestamp(event.get("log_time", 0), tz=timezone.utc).isoformat(),
+            "time": datetime.fromtimestamp(event.get("log_time", 0), tz=UTC).isoformat(),
             "level": getattr(level, "name", "info"),
             "namespace": event.get("log_namespace", "-"),
             "message": formatEvent(event),

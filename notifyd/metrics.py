@@ -49,15 +49,29 @@ _PLAIN_COUNTERS = {
     "events_delivered": ("notifyd_events_delivered", "EVENT messages written to sessions"),
     "sessions_opened": ("notifyd_sessions_opened", "WAMP sessions established"),
     "sessions_refused": ("notifyd_sessions_refused", "HELLOs answered with ABORT"),
-    "sessions_expired": ("notifyd_sessions_expired", "sessions closed because their ticket expired"),
+    "sessions_expired": (
+        "notifyd_sessions_expired",
+        "sessions closed because their ticket expired",
+    ),
     "auth_failures": ("notifyd_auth_failures", "failed authentications"),
-    "protocol_violations": ("notifyd_protocol_violations", "sessions aborted for protocol violations"),
+    "protocol_violations": (
+        "notifyd_protocol_violations",
+        "sessions aborted for protocol violations",
+    ),
     "slow_consumers": ("notifyd_slow_consumer_disconnects", "connections dropped for not reading"),
 }
 _LABELLED = {
     "events_dropped_": ("notifyd_events_dropped", "events not delivered to a subscriber", "reason"),
-    "events_rejected_": ("notifyd_amqp_rejected", "AMQP messages rejected (dead-lettered)", "reason"),
-    "connections_refused_": ("notifyd_connections_refused", "WebSocket connections refused", "reason"),
+    "events_rejected_": (
+        "notifyd_amqp_rejected",
+        "AMQP messages rejected (dead-lettered)",
+        "reason",
+    ),
+    "connections_refused_": (
+        "notifyd_connections_refused",
+        "WebSocket connections refused",
+        "reason",
+    ),
 }
 
 
@@ -72,15 +86,21 @@ class NotifydCollector(Collector):
         router, broker = svc.router, svc.broker
         counters: Counter[str] = router.stats.counters
 
-        conns = GaugeMetricFamily("notifyd_connections", "open WebSocket connections", labels=["serializer"])
-        by_ser = Counter(getattr(p, "subprotocol", "") or "none" for p in svc.ws_factory.connections)
+        conns = GaugeMetricFamily(
+            "notifyd_connections", "open WebSocket connections", labels=["serializer"]
+        )
+        by_ser = Counter(
+            getattr(p, "subprotocol", "") or "none" for p in svc.ws_factory.connections
+        )
         for name in ("wamp.2.json", "wamp.2.msgpack", "wamp.2.cbor"):
             by_ser.setdefault(name, 0)
         for ser, n in sorted(by_ser.items()):
             conns.add_metric([ser.removeprefix("wamp.2.")], n)
         yield conns
 
-        sessions = GaugeMetricFamily("notifyd_sessions", "established WAMP sessions", labels=["serializer"])
+        sessions = GaugeMetricFamily(
+            "notifyd_sessions", "established WAMP sessions", labels=["serializer"]
+        )
         by_ser = Counter({"wamp.2.json": 0, "wamp.2.msgpack": 0, "wamp.2.cbor": 0})
         for s in router.sessions.values():
             by_ser[getattr(s.transport, "subprotocol", "none")] += 1
@@ -88,7 +108,9 @@ class NotifydCollector(Collector):
             sessions.add_metric([ser.removeprefix("wamp.2.")], n)
         yield sessions
 
-        subs = GaugeMetricFamily("notifyd_subscriptions", "subscriptions on this node", labels=["match"])
+        subs = GaugeMetricFamily(
+            "notifyd_subscriptions", "subscriptions on this node", labels=["match"]
+        )
         by_match = Counter({"exact": 0, "prefix": 0, "wildcard": 0})
         subscribers = 0
         for sub in broker.subscriptions():
@@ -97,16 +119,26 @@ class NotifydCollector(Collector):
         for match, n in sorted(by_match.items()):
             subs.add_metric([match], n)
         yield subs
-        yield GaugeMetricFamily("notifyd_subscribers", "session-subscription pairs", value=subscribers)
         yield GaugeMetricFamily(
-            "notifyd_amqp_bindings", "binding keys confirmed on this node's queue", value=len(svc.bindings.bound)
+            "notifyd_subscribers", "session-subscription pairs", value=subscribers
         )
-        yield GaugeMetricFamily("notifyd_amqp_ready", "1 while consuming from RabbitMQ", value=int(svc.amqp.ready))
+        yield GaugeMetricFamily(
+            "notifyd_amqp_bindings",
+            "binding keys confirmed on this node's queue",
+            value=len(svc.bindings.bound),
+        )
+        yield GaugeMetricFamily(
+            "notifyd_amqp_ready", "1 while consuming from RabbitMQ", value=int(svc.amqp.ready)
+        )
 
         for key, (name, doc) in _PLAIN_COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=counters.get(key, 0))
-        yield CounterMetricFamily("notifyd_amqp_reconnects", "RabbitMQ reconnections", value=svc.amqp.reconnects)
-        publishes = CounterMetricFamily("notifyd_client_publishes", "client PUBLISH messages", labels=["result"])
+        yield CounterMetricFamily(
+            "notifyd_amqp_reconnects", "RabbitMQ reconnections", value=svc.amqp.reconnects
+        )
+        publishes = CounterMetricFamily(
+            "notifyd_client_publishes", "client PUBLISH messages", labels=["result"]
+        )
         publishes.add_metric(["ok"], counters.get("publishes", 0))
         publishes.add_metric(["refused"], counters.get("publishes_refused", 0))
         yield publishes

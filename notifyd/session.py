@@ -333,9 +333,7 @@ class WampSession:
         match = msg.match or "exact"
         held = self.router.broker.of_session(self.session_id)
         limit = self.router.policy.max_subscriptions
-        if len(held) >= limit and not any(
-            s.topic == msg.topic and s.match == match for s in held
-        ):
+        if len(held) >= limit and not any(s.topic == msg.topic and s.match == match for s in held):
             self._error(
                 msg.MESSAGE_TYPE,
                 msg.request,

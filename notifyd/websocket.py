@@ -69,8 +69,10 @@ class _Pressure:
         self.proto = proto
 
     def pauseProducing(self) -> None:
-        self.proto.paused = True
-        self.proto.backlog = 0
+        # called again on every write while the buffer stays full
+        if not self.proto.paused:
+            self.proto.paused = True
+            self.proto.backlog = 0
 
     def resumeProducing(self) -> None:
         self.proto.paused = False

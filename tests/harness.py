@@ -82,6 +82,7 @@ class LineProcess(ProcessProtocol):
 
     def processEnded(self, reason: Any) -> None:
         self.exit_code = reason.value.exitCode if not reason.check(ProcessDone) else 0
+        self.exit_signal = getattr(reason.value, "signal", None)
         self._w.poke()
         self.ended.callback(self.exit_code)
 
@@ -186,7 +187,8 @@ class JsClient(LineProcess):
                 if pred(r):
                     return r
             if self.ended.called:
-                raise AssertionError(f"{self.name} exited: {self.lines[-20:]}")
+                tail = [line[:300] for line in self.lines[-20:]]
+                raise AssertionError(f"{self.name} exited: {tail}")
             return None
 
         return self._w.wait(check, timeout)

@@ -42,8 +42,10 @@ function report(obj) {
 }
 
 function plain(value) {
-  // msgpack/cbor may hand back Buffers or Maps; make them JSON-able
-  return JSON.parse(JSON.stringify(value === undefined ? null : value));
+  // msgpack/cbor may hand back Buffers or Maps; make them JSON-able.
+  // Long strings (bulk test payloads) are reported by length only.
+  return JSON.parse(JSON.stringify(value === undefined ? null : value, (k, v) =>
+    typeof v === "string" && v.length > 200 ? `<${v.length} chars>` : v));
 }
 
 const connection = new autobahn.Connection({
@@ -85,6 +87,7 @@ async function run(cmd) {
             topic: details.topic,
             publisher: details.publisher === undefined ? null : details.publisher,
             publication: details.publication,
+            received: Date.now() / 1000,
           });
         },
         options,
