@@ -11,7 +11,7 @@ AMQP_URL := amqp://guest:guest@127.0.0.1:56720/%2F
 DEMO_PORT ?= 8080
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup venv npm rabbitmq-installed chromium demo demo-kill demo-stop test lint format clean
+.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop test conformance lint format clean
 
 setup: venv npm rabbitmq-installed
 
@@ -48,6 +48,13 @@ chromium:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# Debian's haproxy for the two-node load-balancer test
+haproxy:
+	@test -x /usr/sbin/haproxy || { \
+	  echo "installing Debian's haproxy"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
+
 lint: venv
 	$(VENV)/bin/ruff check notifyd tests twisted setup.py
 	$(VENV)/bin/ruff format --check notifyd tests twisted setup.py
@@ -56,9 +63,17 @@ format: venv
 	$(VENV)/bin/ruff format notifyd tests twisted setup.py
 	$(VENV)/bin/ruff check --fix notifyd tests twisted setup.py
 
-test: setup chromium lint
+test: setup chromium haproxy lint
 	$(TEST_NODE) $(PY) -m notifyd.devbroker start
 	@rc=0; $(TEST_NODE) $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \
+	exit $$rc
+
+# The WebSocket conformance suite with permessage-deflate on (the 12.x and
+# 13.x cases too; slow). `make test` runs the core and 9.x cases.
+conformance: setup
+	$(TEST_NODE) $(PY) -m notifyd.devbroker start
+	@rc=0; NOTIFYD_CONFORMANCE_COMPRESSION=1 $(TEST_NODE) $(PY) -m pytest -s tests/test_conformance.py || rc=$$?; \
 	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \
 	exit $$rc
 

@@ -31,6 +31,7 @@ setup(
         "msgpack>=1.0",
         "cbor2>=5.4",
         "pyjwt[crypto]>=2.8",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": [
@@ -39,6 +40,7 @@ setup(
             "hypothesis>=6",
             "ruff>=0.6",
             "playwright>=1.40",
+            "kosoku>=0.1",
         ],
     },
     entry_points={
