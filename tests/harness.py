@@ -202,7 +202,9 @@ class JsClient(LineProcess):
         return r
 
     def events(self, tag: str | None = None) -> list[dict]:
-        return [r for r in self.reports if r["ev"] == "event" and (tag is None or r["tag"] == tag)]
+        return [
+            r for r in self.reports if r["ev"] == "event" and (tag is None or r.get("tag") == tag)
+        ]
 
     def wait_events(self, tag: str, n: int, timeout: float = TIMEOUT) -> Deferred:
         return self.wait_report(lambda r: len(self.events(tag)) >= n, timeout)

@@ -35,9 +35,11 @@ def test_core_and_performance_cases(rabbit, exchange, tmp_path):
         rabbit.url,
         exchange,
         free_port(),
-        "--testee-listen", "tcp:0:interface=127.0.0.1",
+        "--testee-listen",
+        "tcp:0:interface=127.0.0.1",
         # the 9.x cases send messages of up to 16 MiB
-        "--max-message-size", str(64 * 1024 * 1024),
+        "--max-message-size",
+        str(64 * 1024 * 1024),
         *(["--compression"] if compression else []),
     )
     node.start()
