@@ -1,0 +1,128 @@
+// notifyd benchmark load generator (Node + ws): N WebSocket connections that
+// speak WAMP JSON (HELLO, SUBSCRIBE, EVENT) -- or, in raw mode, just receive
+// frames (for the reference peers that do not speak WAMP).
+//
+//   node bench/loadgen.cjs '{"url": "...", "n": 1000, "mode": "wamp",
+//        "topics": ["bench.t"], "expect": 200, "timeout": 60}'
+//
+// Prints "READY <ms>" once every connection is subscribed, then one JSON
+// summary line when every connection got `expect` events (or on timeout):
+// per-event latency percentiles (receive time - "sent" in the body), losses
+// and gaps by sequence number, first/last receive times.
+"use strict";
+
+const WebSocket = require("ws");
+const cfg = JSON.parse(process.argv[2]);
+const n = cfg.n;
+const mode = cfg.mode || "wamp";
+const expect = cfg.expect || 0;
+const topicsFor = (i) => (cfg.topicPerClient ? [`${cfg.topicPerClient}.${i}`] : cfg.topics || []);
+
+let subscribed = 0;
+let done = 0;
+const started = Date.now();
+const latencies = [];
+let firstRecv = null;
+let lastRecv = null;
+let totalEvents = 0;
+let gaps = 0;
+let duplicates = 0;
+const perConn = new Array(n).fill(0);
+const lastSeq = new Array(n).fill(-1);
+const sockets = [];
+let readyAt = null;
+
+function finish(reason) {
+  latencies.sort((a, b) => a - b);
+  const q = (p) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : null);
+  const missing = expect
+    ? perConn.reduce((acc, c) => acc + Math.max(0, expect - c), 0)
+    : Math.max(0, (cfg.expectTotal || 0) - totalEvents);
+  process.stdout.write(JSON.stringify({
+    reason, n, expect, events: totalEvents, missing, gaps, duplicates,
+    ready_ms: readyAt, first_recv: firstRecv, last_recv: lastRecv,
+    latency_ms: { p50: q(0.5), p99: q(0.99), max: latencies.length ? latencies[latencies.length - 1] : null,
+                  count: latencies.length },
+  }) + "\n");
+  for (const ws of sockets) ws.terminate();
+  process.exit(0);
+}
+
+function onEvent(i, value) {
+  const now = Date.now() / 1000;
+  if (firstRecv === null) firstRecv = now;
+  lastRecv = now;
+  totalEvents += 1;
+  perConn[i] += 1;
+  if (value && typeof value.sent === "number") {
+    // sample latencies (all of them for small runs)
+    if (latencies.length < 2_000_000) latencies.push((now - value.sent) * 1000);
+  }
+  if (value && typeof value.seq === "number") {
+    if (value.seq <= lastSeq[i]) duplicates += 1;
+    else if (value.seq !== lastSeq[i] + 1 && !cfg.topicPerClient) gaps += value.seq - lastSeq[i] - 1;
+    lastSeq[i] = Math.max(lastSeq[i], value.seq);
+  }
+  if (expect && perConn[i] === expect) {
+    done += 1;
+    if (done === n) finish("complete");
+  }
+  if (cfg.expectTotal && totalEvents === cfg.expectTotal) finish("complete");
+}
+
+function open(i) {
+  const ws = new WebSocket(cfg.url, mode === "wamp" ? ["wamp.2.json"] : [], { perMessageDeflate: false });
+  sockets.push(ws);
+  ws.on("error", (e) => { process.stderr.write(`conn ${i}: ${e.message}\n`); });
+  ws.on("open", () => {
+    if (mode !== "wamp") { ready(); return; }
+    ws.send(JSON.stringify([1, cfg.realm || "realm1", { roles: { subscriber: {} } }]));
+  });
+  let pending = 0;
+  ws.on("message", (data) => {
+    const msg = JSON.parse(data);
+    if (mode !== "wamp") { onEvent(i, msg); return; }
+    switch (msg[0]) {
+      case 2: // WELCOME
+        topicsFor(i).forEach((t, k) => {
+          pending += 1;
+          const opts = cfg.match ? { match: cfg.match } : {};
+          ws.send(JSON.stringify([32, k + 1, opts, t]));
+        });
+        if (pending === 0) ready();
+        break;
+      case 33: // SUBSCRIBED
+        pending -= 1;
+        if (pending === 0) ready();
+        break;
+      case 36: // EVENT
+        onEvent(i, msg[4] ? msg[4][0] : null);
+        break;
+      case 3: case 6: case 8:
+        process.stderr.write(`conn ${i}: ${data}\n`);
+        break;
+    }
+  });
+}
+
+function ready() {
+  subscribed += 1;
+  if (subscribed === n) {
+    readyAt = Date.now() - started;
+    process.stdout.write(`READY ${readyAt}\n`);
+    if (!expect && !cfg.expectTotal) {
+      // idle mode: stay connected until stdin closes
+      process.stdin.on("data", () => {});
+      process.stdin.on("end", () => finish("stdin closed"));
+    }
+  }
+}
+
+// open connections in small batches so the accept queue is not the test
+let next = 0;
+function batch() {
+  for (let k = 0; k < (cfg.batch || 200) && next < n; k++) open(next++);
+  if (next < n) setImmediate(batch);
+}
+batch();
+setTimeout(() => finish("timeout"), (cfg.timeout || 120) * 1000);

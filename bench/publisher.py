@@ -1,0 +1,51 @@
+"""Benchmark publisher: ~265-byte JSON events with a send timestamp.
+
+    python bench/publisher.py '{"url": ..., "exchange": ..., "topic": "bench.t",
+                                 "count": 200, "rate": 0}'
+
+rate 0 publishes as fast as RabbitMQ confirms (in batches); otherwise at
+``rate`` events per second.  With "topics": N, each event goes to a random
+``<topic>.<k>`` (k < N).  Prints one JSON line with what it sent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+
+import pika
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    conn = pika.BlockingConnection(pika.URLParameters(cfg["url"]))
+    ch = conn.channel()
+    ch.exchange_declare(cfg["exchange"], exchange_type="topic", durable=True)
+    ch.confirm_delivery()
+    props = pika.BasicProperties(content_type="application/json")
+    pad = "x" * 150
+    rate = cfg.get("rate", 0)
+    interval = 1.0 / rate if rate else 0.0
+    start = time.time()
+    rnd = random.Random(7)
+    for seq in range(cfg["count"]):
+        if interval:
+            delay = start + seq * interval - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        topic = cfg["topic"]
+        if cfg.get("topics"):
+            topic = f"{topic}.{rnd.randrange(cfg['topics'])}"
+        body = json.dumps(
+            {"seq": seq, "sent": time.time(), "invoice": f"INV-{seq:06d}", "client": "Acme Ltd",
+             "amount": 1250.0, "currency": "EUR", "pad": pad}
+        ).encode()
+        ch.basic_publish(cfg["exchange"], topic, body, props)
+    conn.close()
+    print(json.dumps({"sent": cfg["count"], "seconds": time.time() - start}))
+
+
+if __name__ == "__main__":
+    main()
