@@ -112,6 +112,8 @@ class AMQPService(Service):
         self._client: ClientService | None = None
         self._consumer: tuple[Any, str] | None = None
         self.acked = 0
+        self._ack_upto: tuple[Any, int] | None = None
+        self._ack_call: Any = None
         self._conn: TwistedProtocolConnection | None = None
         self._publish_channel: Any = None
         self.queue: str | None = None
@@ -153,6 +155,7 @@ class AMQPService(Service):
             return
         try:
             yield channel.basic_cancel(tag).addTimeout(timeout, self._reactor)
+            self._flush_acks()
             self._log.info("AMQP consumer cancelled after {n} acked deliveries", n=self.acked)
         except Exception as e:
             self._log.warn("cancelling the AMQP consumer failed: {e}", e=e)
@@ -161,6 +164,7 @@ class AMQPService(Service):
     def stopService(self) -> Any:
         super().stopService()
         self.ready = False
+        self._flush_acks()
         conn = self._conn
         if conn is not None and conn.is_open:
             try:
@@ -256,17 +260,40 @@ class AMQPService(Service):
                     key=msg.method.routing_key,
                     reason=str(e),
                 )
-                channel.basic_reject(tag, requeue=False)
+                self._reject(channel, tag)
                 continue
             except Exception:
                 self._log.failure("internal error delivering {key}", key=msg.method.routing_key)
-                channel.basic_reject(tag, requeue=False)
+                self._reject(channel, tag)
                 continue
             if self._observe is not None:
                 self._observe(time.monotonic() - started)
+            self._ack_later(channel, tag)
+
+    # Acks are batched: one basic.ack(multiple=True) per reactor turn covers
+    # every delivery fanned out in that turn.  A reject first flushes the
+    # pending acks, so "multiple" never covers a rejected delivery.
+    def _ack_later(self, channel: Any, tag: int) -> None:
+        self.acked += 1
+        self._ack_upto = (channel, tag)
+        if self._ack_call is None:
+            self._ack_call = self._reactor.callLater(0, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_call = None
+        pending, self._ack_upto = self._ack_upto, None
+        if pending is not None:
+            channel, tag = pending
             if channel.is_open:
-                channel.basic_ack(tag)
-                self.acked += 1
+                channel.basic_ack(tag, multiple=True)
+
+    def _reject(self, channel: Any, tag: int) -> None:
+        self._flush_acks()
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+        self._ack_call = None
+        if channel.is_open:
+            channel.basic_reject(tag, requeue=False)
 
     # -- publishing -------------------------------------------------------------------
     def publish(self, publication: Publication) -> Deferred[None]:

@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +133,13 @@ class TicketAuthenticator:
             except Exception as e:
                 raise AuthConfigError(f"jwt_public_key_file: not a PEM public key ({e})")
         self._jwks: jwt.PyJWKSet | None = None
+        self._jwk_algs: dict[Any, str] = {}
         if jwks is not None:
+            self._jwk_algs = {
+                k.get("kid"): k["alg"]
+                for k in jwks.get("keys", [])
+                if isinstance(k, dict) and k.get("alg")
+            }
             try:
                 self._jwks = jwt.PyJWKSet.from_dict(jwks)
             except Exception as e:
@@ -164,7 +171,8 @@ class TicketAuthenticator:
                     return self._public
                 raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token kid is not in the JWKS")
             key = keys[0]
-            if key.algorithm_name and key.algorithm_name != alg:
+            declared = self._jwk_algs.get(key.key_id)
+            if declared and declared != alg:
                 raise AuthFailed(
                     ERROR_AUTHENTICATION_FAILED, "token algorithm does not match its key"
                 )
@@ -205,6 +213,16 @@ class TicketAuthenticator:
             raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token signature is invalid")
         except jwt.PyJWTError as e:
             raise AuthFailed(ERROR_AUTHENTICATION_FAILED, f"invalid token ({type(e).__name__})")
+        except Exception as e:  # e.g. a key that does not fit the token's algorithm
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, f"invalid token ({type(e).__name__})")
+        try:
+            expires_at = float(claims["exp"])
+        except (TypeError, ValueError, OverflowError):
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token exp is not a time")
+        # the leeway is for clock skew on nbf/iat; a token past its exp would
+        # only get a session that is closed at once
+        if expires_at <= time.time():
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token expired")
         authid = _component("sub", claims["sub"])
         role = claims.get(self.role_claim, self.default_role)
         authrole = _component(self.role_claim, role)
@@ -220,7 +238,7 @@ class TicketAuthenticator:
             authmethod="ticket",
             authprovider="jwt",
             authextra=extra,
-            expires_at=float(claims["exp"]),
+            expires_at=expires_at,
         )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 
@@ -44,6 +44,10 @@ class Bindings:
         self._waiters: dict[str, list[Deferred[None]]] = {}
         self._channel: Binder | None = None
         self._generation = 0
+        self._attaching: set[str] = set()
+        self._attached: Deferred[None] | None = None
+        #: called (no arguments) when the channel is lost
+        self.on_detach: list[Any] = []
 
     # -- queries --------------------------------------------------------
     @property
@@ -81,6 +85,22 @@ class Bindings:
         self._sync(key)
         return d
 
+    def wait(self, key: str) -> Deferred[None]:
+        """Fires once ``key`` (already held) is bound; cancel to stop waiting."""
+        if key in self._bound and key not in self._inflight:
+            return succeed(None)
+
+        def cancel(d: Deferred[None]) -> None:
+            waiting = self._waiters.get(key, [])
+            if d in waiting:
+                waiting.remove(d)
+                if not waiting:
+                    del self._waiters[key]
+
+        d: Deferred[None] = Deferred(cancel)
+        self._waiters.setdefault(key, []).append(d)
+        return d
+
     def release(self, key: str) -> None:
         """Give ``key`` back; the queue is unbound when nobody holds it."""
         n = self._refs.get(key, 0) - 1
@@ -93,17 +113,25 @@ class Bindings:
         self._sync(key)
 
     # -- channel lifecycle -----------------------------------------------
-    def attach(self, channel: Binder) -> Deferred[Any]:
+    def attach(self, channel: Binder) -> Deferred[None]:
         """Use ``channel`` (a fresh queue): bind every held key.
 
-        The Deferred fires when every key held now has been bound.
+        The Deferred fires when each key held now is bound or no longer
+        wanted, and fails if a bind fails (the caller then reconnects).
         """
         self._generation += 1
         self._channel = channel
         self._bound.clear()
         self._inflight.clear()
-        waits = [self._wait_bound(key) for key in list(self._refs)]
-        return DeferredList(waits, consumeErrors=True)
+        self._attaching = set(self._refs)
+        self._attached = d = Deferred()
+        if not self._attaching:
+            self._attached = None
+            d.callback(None)
+            return d
+        for key in list(self._refs):
+            self._sync(key)
+        return d
 
     def detach(self) -> None:
         """The channel is gone (its exclusive queue with it)."""
@@ -111,14 +139,28 @@ class Bindings:
         self._channel = None
         self._bound.clear()
         self._inflight.clear()
+        self._attaching = set()
+        attached, self._attached = self._attached, None
+        if attached is not None and not attached.called:
+            attached.errback(ConnectionError("the AMQP channel closed while binding"))
+        for callback in list(self.on_detach):
+            callback()
+
+    def _attach_progress(self, key: str, failure: Any = None) -> None:
+        if key not in self._attaching:
+            return
+        self._attaching.discard(key)
+        attached = self._attached
+        if attached is None or attached.called:
+            return
+        if failure is not None:
+            self._attached = None
+            attached.errback(failure)
+        elif not self._attaching:
+            self._attached = None
+            attached.callback(None)
 
     # -- internals ---------------------------------------------------------
-    def _wait_bound(self, key: str) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._waiters.setdefault(key, []).append(d)
-        self._sync(key)
-        return d
-
     def _sync(self, key: str) -> None:
         channel = self._channel
         if channel is None or key in self._inflight:
@@ -132,6 +174,7 @@ class Bindings:
         else:
             if wanted and bound:
                 self._wake(key)
+            self._attach_progress(key)
             return
         generation = self._generation
         self._inflight.add(key)
@@ -155,6 +198,7 @@ class Bindings:
             # A failed queue.bind closes the channel; the AMQP service
             # reconnects and attach() retries every held key.
             self._log.failure("AMQP binding change for {key} failed", f, key=key)
+            self._attach_progress(key, f)
 
         op(key).addCallbacks(done, failed)
 

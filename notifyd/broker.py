@@ -93,6 +93,7 @@ class Broker:
         self._prefix: dict[str, Subscription] = {}
         self._wildcard: dict[int, dict[str, Subscription]] = {}
         self._of_session: dict[int, dict[int, Subscription]] = {}
+        bindings.on_detach.append(self._bindings_lost)
 
     # -- queries ---------------------------------------------------------
     def subscriptions(self) -> list[Subscription]:
@@ -132,10 +133,11 @@ class Broker:
             sub = self._create(topic, match)
         sid = session.session_id
         d: Deferred[Subscription] = Deferred(lambda d: self._cancel_wait(sub, d))
-        if sid in sub.subscribers:
+        if sid in sub.subscribers and sub.ready:
             d.callback(sub)
             return d
-        sub.pending[sid] = session
+        if sid not in sub.subscribers:
+            sub.pending[sid] = session
         self._of_session.setdefault(sid, {})[sub.id] = sub
         if sub.ready:
             self._activate(sub, sid)
@@ -198,6 +200,17 @@ class Broker:
         sub._bound = self.bindings.acquire(sub.key)
         sub._bound.addCallbacks(lambda _: self._became_ready(sub), self._ignore_cancel)
         return sub
+
+    def _bindings_lost(self) -> None:
+        """RabbitMQ is gone: every subscription waits for its re-bind, so a
+        SUBSCRIBE made meanwhile gets SUBSCRIBED only once events can flow."""
+        for sub in self._by_id.values():
+            if sub.ready:
+                sub.ready = False
+                sub._bound = self.bindings.wait(sub.key)
+                sub._bound.addCallbacks(
+                    lambda _, sub=sub: self._became_ready(sub), self._ignore_cancel
+                )
 
     @staticmethod
     def _ignore_cancel(f: Any) -> None:

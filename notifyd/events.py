@@ -117,6 +117,9 @@ class InboundEvent:
     eligible_extra: dict[str, frozenset[str]] | None = None
     exclude_extra: dict[str, frozenset[str]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the UTF-8 JSON body, when EVENT.args is exactly [body]: the JSON
+    #: serializer splices it into the frame instead of encoding it again
+    raw: bytes | None = None
 
     @property
     def filtered(self) -> bool:
@@ -163,6 +166,24 @@ class InboundEvent:
                 if name in extra and extra[name] in banned:
                     return False
         return True
+
+
+_RESERVED = ("wamp-", "wamp_", "x-wamp-", "x_wamp_")
+
+
+def _normalized(headers: dict[str, Any]) -> dict[str, Any]:
+    """Header names in lower case; the reserved ``wamp`` spellings with
+    underscores or an ``x-`` prefix are errors, so that no misspelling of a
+    targeting header is silently ignored."""
+    out: dict[str, Any] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith(_RESERVED) and not lower.startswith("wamp-"):
+            raise BadEvent("bad_header", f"unknown header {name} (use wamp-* names)")
+        if lower in out:
+            raise BadEvent("bad_header", f"header {name} is given twice")
+        out[lower] = value
+    return out
 
 
 def _is_int(value: Any) -> bool:
@@ -256,17 +277,18 @@ def decode_delivery(routing_key: str, properties: Any, body: bytes, max_size: in
     if (encoding or "").lower() not in _ENCODINGS:
         raise BadEvent("content_type", f"unsupported content encoding {encoding!r}")
     try:
-        value = json.loads(body, parse_constant=_no_constant)
+        value = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadEvent("bad_json", f"body is not valid JSON ({e.__class__.__name__})")
 
-    headers = getattr(properties, "headers", None) or {}
+    headers = _normalized(getattr(properties, "headers", None) or {})
     event = InboundEvent(topic=topic, publication=0)
     mode = headers.get(HEADER_PAYLOAD)
     if isinstance(mode, bytes):
         mode = mode.decode("utf-8", "replace")
     if mode is None:
         event.args = [value]
+        event.raw = body
     elif mode == PAYLOAD_ENVELOPE:
         if not isinstance(value, dict) or set(value) - {"args", "kwargs"}:
             raise BadEvent("bad_envelope", "envelope must be an object with args/kwargs")

@@ -123,7 +123,7 @@ class WampSession:
                     f"{type(msg).__name__.upper()} received before the session was established"
                 )
             return
-        if isinstance(msg, message.Hello) or handler is None:
+        if isinstance(msg, (message.Hello, message.Authenticate)) or handler is None:
             self.protocol_violation(
                 f"{type(msg).__name__.upper()} is not valid from a client in an open session"
             )
@@ -138,7 +138,7 @@ class WampSession:
 
     def invalid_uri(self, raw: list[Any], reason: str) -> None:
         """A request whose URI autobahn refused to parse."""
-        if self.state is State.NEW:
+        if self.state in (State.NEW, State.CHALLENGED):
             self.protocol_violation(reason)
             return
         if self.state is not State.OPEN:
@@ -333,7 +333,11 @@ class WampSession:
         match = msg.match or "exact"
         held = self.router.broker.of_session(self.session_id)
         limit = self.router.policy.max_subscriptions
-        if len(held) >= limit and not any(s.topic == msg.topic and s.match == match for s in held):
+        # SUBSCRIBEs still waiting for their binding count too, so a client
+        # cannot pile up unanswered requests while RabbitMQ is away
+        if len(self._pending) >= limit or (
+            len(held) >= limit and not any(s.topic == msg.topic and s.match == match for s in held)
+        ):
             self._error(
                 msg.MESSAGE_TYPE,
                 msg.request,

@@ -165,6 +165,11 @@ class NotifydService(MultiService):
         self.bindings = Bindings()
         self.broker = Broker(self.bindings)
         self.router = Router(self.broker, make_policy(settings), clock=reactor)
+        if self.router.policy.ticket is not None and not settings.jwt_audience:
+            self._log.warn(
+                "JWT tickets are accepted without an audience check: any token signed "
+                "with this key for another purpose would log in. Set jwt_audience."
+            )
         self.amqp = AMQPService(
             settings.amqp_url,
             settings.exchange,

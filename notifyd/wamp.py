@@ -9,6 +9,7 @@ per serializer and a frame once per serializer, however many sessions get it.
 
 from __future__ import annotations
 
+from json import dumps as _json_dumps
 from typing import TYPE_CHECKING, Any
 
 from autobahn.wamp import message
@@ -46,12 +47,45 @@ BROKER_FEATURES = RoleBrokerFeatures(
 class NotifydEvent(message.Event):
     """An EVENT with notifyd's ``x_*`` details and a frame cache."""
 
-    __slots__ = ("_extra", "frames")
+    __slots__ = ("_extra", "frames", "raw")
 
-    def __init__(self, *args: Any, extra: dict[str, Any] | None = None, **kw: Any):
+    def __init__(
+        self, *args: Any, extra: dict[str, Any] | None = None, raw: bytes | None = None, **kw: Any
+    ):
         super().__init__(*args, **kw)
         self._extra = extra
         self.frames: dict[str, Any] = {}
+        self.raw = raw
+
+    def json_payload(self) -> bytes | None:
+        """The ``wamp.2.json`` bytes of this EVENT, built around the AMQP
+        body as it arrived (already validated JSON), or None if the event
+        has no such body.  Equal, as JSON, to what autobahn's serializer
+        produces."""
+        raw = self.raw
+        if raw is None or self.kwargs:
+            return None
+        details = self.marshal_details()
+        return b"[36,%d,%d,%s,[%s]]" % (
+            self.subscription,
+            self.publication,
+            _json_dumps(details, separators=(",", ":"), ensure_ascii=False).encode(),
+            raw,
+        )
+
+    def marshal_details(self) -> dict[str, Any]:
+        details: dict[str, Any] = {}
+        if self.publisher is not None:
+            details["publisher"] = self.publisher
+        if self.publisher_authid is not None:
+            details["publisher_authid"] = self.publisher_authid
+        if self.publisher_authrole is not None:
+            details["publisher_authrole"] = self.publisher_authrole
+        if self.topic is not None:
+            details["topic"] = self.topic
+        if self._extra:
+            details.update(self._extra)
+        return details
 
     def marshal(self) -> list[Any]:
         raw = super().marshal()
@@ -72,4 +106,5 @@ def make_event(sub: Subscription, event: InboundEvent) -> NotifydEvent:
         publisher_authrole=event.publisher_authrole if event.disclose_me else None,
         topic=event.topic if sub.match != "exact" else None,
         extra=event.extra,
+        raw=event.raw,
     )

@@ -145,7 +145,6 @@ class WampServerProtocol(WebSocketServerProtocol):
         if session is not None and session.state.value in ("new", "challenged"):
             self._nlog.info("no HELLO from {peer} in time: closing", peer=self.peer)
             session.abort("notifyd.error.hello_timeout", "no HELLO (or authentication) in time")
-        self.factory.router.stats.inc(f"connections_{self.subprotocol}")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
@@ -233,7 +232,11 @@ class WampServerProtocol(WebSocketServerProtocol):
         frame = frames.get(self.subprotocol)
         if frame is None:
             try:
-                payload, is_binary = self._wamp_serializer.serialize(event)
+                payload = event.json_payload() if self.subprotocol == "wamp.2.json" else None
+                if payload is not None:
+                    is_binary = False
+                else:
+                    payload, is_binary = self._wamp_serializer.serialize(event)
             except Exception as e:
                 self._nlog.warn(
                     "event on {topic} cannot be encoded as {ser}: {e}",
@@ -253,8 +256,10 @@ class WampServerProtocol(WebSocketServerProtocol):
         self.sendPreparedMessage(frame)
 
     def close(self) -> None:
-        if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
+        if self.state == self.STATE_OPEN:
             self.sendClose(1000)
+        elif self.state == self.STATE_CONNECTING:
+            self.dropConnection(abort=True)
 
 
 def _accept_deflate(offers: list[Any]) -> Any:

@@ -273,3 +273,38 @@ def test_wampcra_unknown_user_and_wrong_secret():
     hello(s, ["wampcra"], authid="billing")
     s.on_message(message.Authenticate("not base64 !!"))
     assert t.sent[-1].reason == "wamp.error.authentication_failed"
+
+
+def test_authenticate_in_an_open_session_is_a_violation():
+    s, t, _ = make_session(allow_anonymous=True)
+    hello(s, ["anonymous"])
+    s.on_message(message.Authenticate("x"))
+    assert t.sent[-1].reason == "wamp.error.protocol_violation"
+
+
+def test_odd_tokens_fail_cleanly():
+    # a key that does not fit the algorithm the token names
+    auth = TicketAuthenticator(["RS256", "ES256"], public_key=RSA_PUB)
+    with pytest.raises(AuthFailed):
+        auth.verify(token(EC_KEY, "ES256"))
+    with pytest.raises(AuthFailed):
+        hs().verify(token(exp=10**400))
+
+
+def test_unanswered_subscribes_are_capped():
+    clock = Clock()
+    bindings = Bindings()
+    router = Router(
+        Broker(bindings),
+        Policy(allow_anonymous=True, max_subscriptions=5),
+        FakePublisher(),
+        clock=clock,
+    )
+    t = RecordingTransport()
+    s = WampSession(router, t)
+    hello(s, ["anonymous"])
+    for i in range(1, 21):  # RabbitMQ is away: nothing gets bound
+        s.on_message(message.Subscribe(i, "a.b"))
+    errors = [m for m in t.sent if isinstance(m, message.Error)]
+    assert len(errors) == 15 and errors[0].error == "notifyd.error.too_many_subscriptions"
+    assert len(s._pending) == 5

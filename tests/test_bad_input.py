@@ -175,11 +175,14 @@ def test_invalid_amqp_messages_are_dead_lettered(spawn, rabbit, publisher, excha
     assert node.count("rejected AMQP message on bad") == 6
 
     # rejected without requeue: each one reached the dead-letter exchange
+    # (dead-lettering is asynchronous inside RabbitMQ: wait for each one)
     got = []
-    for _ in range(6):
-        method, props, body = ch.basic_get(dead, auto_ack=True)
-        assert method is not None
+    for method, _props, _body in ch.consume(dead, auto_ack=True, inactivity_timeout=30):
+        assert method is not None, got
         got.append(method.routing_key)
+        if len(got) == 6:
+            break
+    ch.cancel()
     assert sorted(got) == sorted(
         ["bad.json", "bad.nan", "bad.big", "bad.type", "bad.header", "bad.envelope"]
     )

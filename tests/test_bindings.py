@@ -75,3 +75,39 @@ def test_reconnect_rebinds_everything_and_ignores_stale_results():
     assert new.ops == [("bind", "k")] and b.bound == {"k"}
     old.complete()  # a late answer on the dead channel changes nothing
     assert b.bound == {"k"} and new.ops == [("bind", "k")]
+
+
+def test_attach_finishes_when_a_key_is_released_during_the_rebind():
+    b = Bindings()
+    b.acquire("k").addErrback(lambda f: None)
+    ch = FakeBinder()
+    attached = b.attach(ch)
+    b.release("k")  # the last subscriber left before bind-ok
+    ch.complete()  # bind-ok, then the unbind is issued
+    ch.complete()
+    assert attached.called and b.bound == frozenset()
+
+
+def test_attach_fails_when_a_bind_fails_so_the_caller_reconnects():
+    from twisted.internet.defer import Deferred
+
+    b = Bindings()
+    b.acquire("k")
+    failing = FakeBinder()
+    attached = b.attach(failing)
+    errors = []
+    attached.addErrback(errors.append)
+    op, key, d = failing.pending.pop()
+    d.errback(ConnectionError("channel closed"))
+    assert errors and errors[0].check(ConnectionError)
+    assert isinstance(attached, Deferred)
+
+
+def test_detach_while_attaching_fails_the_attach():
+    b = Bindings()
+    b.acquire("k")
+    attached = b.attach(FakeBinder())
+    errors = []
+    attached.addErrback(errors.append)
+    b.detach()
+    assert errors

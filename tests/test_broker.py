@@ -127,3 +127,44 @@ def test_eligible_exclude_and_exclude_me():
     assert s[0].got[-1].publisher is None
     broker.dispatch(ev("k", publisher=4, disclose_me=True))
     assert s[0].got[-1].publisher == 4
+
+
+def test_json_fast_path_equals_autobahns_serializer():
+    import json as _json
+
+    import pika
+    from autobahn.wamp.serializer import JsonSerializer
+
+    from notifyd.events import decode_delivery
+
+    broker, _ = make()
+    s = Sess(1)
+    broker.subscribe(s, "inv", "prefix")
+    bodies = [b'{"a": 1, "b": [1, 2.5, "\xc3\xa9"], "c": null}', b" 42 ", b'"\\u0000x"', b"[]"]
+    for body in bodies:
+        props = pika.BasicProperties(
+            message_id="m",
+            headers={"wamp-publisher": 7, "wamp-disclose-me": True, "wamp-exclude-me": False},
+        )
+        broker.dispatch(decode_delivery("invoice.sent", props, body, 1000))
+        msg = s.got[-1]
+        fast = msg.json_payload()
+        slow, _ = JsonSerializer().serialize(msg)
+        assert _json.loads(fast) == _json.loads(slow)
+    # kwargs (envelope) events take the ordinary path
+    props = pika.BasicProperties(headers={"wamp-payload": "envelope"})
+    broker.dispatch(decode_delivery("invoice.x", props, b'{"args": [1], "kwargs": {"k": 2}}', 1000))
+    assert s.got[-1].json_payload() is None
+
+
+def test_after_the_channel_is_lost_subscribed_waits_for_the_rebind():
+    broker, ch = make()
+    a, b = Sess(1), Sess(2)
+    broker.subscribe(a, "k", "exact")
+    broker.bindings.detach()  # RabbitMQ went away
+    d = broker.subscribe(b, "k", "exact")
+    assert not d.called  # not before events can flow again
+    assert broker.dispatch(ev("k")) == 0
+    broker.bindings.attach(FakeBinder(auto=True))
+    assert d.called
+    assert broker.dispatch(ev("k")) == 2  # a kept its subscription, b joined

@@ -123,3 +123,18 @@ def test_unencodable_publication():
         encode_publication("t", [b"bytes"], None, publication=1, publisher=1, max_size=100)
     with pytest.raises(PayloadError):
         encode_publication("t", ["x" * 200], None, publication=1, publisher=1, max_size=100)
+
+
+def test_header_names_are_case_insensitive_and_misspellings_rejected():
+    e = decode_delivery("a", props(headers={"Wamp-Eligible-Authid": "alice"}), b"1", 100)
+    assert e.eligible_authid == {"alice"}
+    for name in ("wamp_exclude", "x-wamp-eligible", "X_WAMP_ELIGIBLE", "wamp-eligable"):
+        with pytest.raises(BadEvent):
+            decode_delivery("a", props(headers={name: "1"}), b"1", 100)
+    with pytest.raises(BadEvent, match="given twice"):
+        decode_delivery("a", props(headers={"wamp-exclude": "1", "WAMP-EXCLUDE": "2"}), b"1", 100)
+
+
+def test_body_must_be_utf8():
+    with pytest.raises(BadEvent):
+        decode_delivery("a", props(), '"x"'.encode("utf-16"), 100)

@@ -124,7 +124,10 @@ def test_connection_and_subscription_limits(spawn):
     except ConnectionError as e:
         assert "503" in str(e) or "handshake" in str(e)
     assert node.count("refused WebSocket from .*: limit") == 1
-    for i, topic in enumerate(["a.1", "a.2", "a.3", "a.1"], 1):
+    for i, topic in enumerate(["a.1", "a.2"], 1):
+        p1.sendMessage(json.dumps([32, i, {}, topic]).encode())
+    yield p1._w.wait(lambda: len([m for m in p1.json_messages() if m[0] == 33]) == 2)
+    for i, topic in enumerate(["a.3", "a.1"], 3):
         p1.sendMessage(json.dumps([32, i, {}, topic]).encode())
 
     def results():
