@@ -11,7 +11,7 @@ AMQP_URL := amqp://guest:guest@127.0.0.1:56720/%2F
 DEMO_PORT ?= 8080
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop test conformance lint format clean
+.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop test conformance bench bench-quick lint format clean
 
 setup: venv npm rabbitmq-installed
 
@@ -76,6 +76,14 @@ conformance: setup
 	@rc=0; NOTIFYD_CONFORMANCE_COMPRESSION=1 $(TEST_NODE) $(PY) -m pytest -s tests/test_conformance.py || rc=$$?; \
 	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \
 	exit $$rc
+
+# Benchmarks (docs/performance.md): a private RabbitMQ node in .rabbitmq/bench,
+# the server pinned to core 0, the load generator to core 1.
+bench: setup
+	$(PY) bench/run.py
+
+bench-quick: setup
+	$(PY) bench/run.py --quick
 
 demo: setup demo-kill
 	$(DEMO_NODE) $(PY) -m notifyd.devbroker start

@@ -41,6 +41,7 @@ setup(
             "ruff>=0.6",
             "playwright>=1.40",
             "kosoku>=0.1",
+            "tornado>=6",
         ],
     },
     entry_points={

@@ -71,7 +71,7 @@ class Server:
         self.port = port
         if kind == "notifyd":
             args = [str(BIN / "twistd"), "-n", "--pidfile=", "notifyd", "--amqp-url", amqp,
-                    "--exchange", exchange, "--listen", f"tcp:{port}:interface=127.0.0.1",
+                    "--exchange", exchange, "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
                     "--allow-anonymous", "--max-connections", "100000",
                     "--max-subscriptions-per-session", "10"]
             ready = "notifyd ready"

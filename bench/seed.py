@@ -33,7 +33,7 @@ class Socket(websocket.WebSocketHandler):
 def main() -> None:
     port, url, exchange = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     app = web.Application([(r"/ws", Socket)])
-    app.listen(port, address="127.0.0.1")
+    app.listen(port, address="127.0.0.1", backlog=4096)
 
     def on_message(channel, method, properties, body):
         message = json.dumps(json.loads(body))

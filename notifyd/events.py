@@ -195,6 +195,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def _session_ids(name: str, value: Any) -> frozenset[int]:
     if isinstance(value, (bytes, bytearray)):
         value = value.decode("utf-8", "replace")
@@ -277,7 +280,7 @@ def decode_delivery(routing_key: str, properties: Any, body: bytes, max_size: in
     if (encoding or "").lower() not in _ENCODINGS:
         raise BadEvent("content_type", f"unsupported content encoding {encoding!r}")
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        value = _DECODER.decode(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise BadEvent("bad_json", f"body is not valid JSON ({e.__class__.__name__})")
 

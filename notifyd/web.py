@@ -97,6 +97,19 @@ class _NoPage(Resource):
         return b"notifyd: WAMP v2 WebSocket endpoint at /ws\n"
 
 
+class _WebSocketResource(WebSocketResource):
+    """autobahn's WebSocketResource, minus a leak: after the upgrade the HTTP
+    channel would keep its idle timer (12 hours by default), and with it the
+    channel and the upgrade request, alive for every WebSocket."""
+
+    def render(self, request: Request) -> Any:
+        channel = request.channel
+        result = super().render(request)
+        if channel is not None and getattr(channel, "transport", None) is None:
+            channel.setTimeout(None)
+        return result
+
+
 def admin_resources(status: Callable[[], dict[str, Any]], registry: Any) -> dict[bytes, Resource]:
     """``/healthz``, ``/readyz`` and ``/metrics``."""
     from prometheus_client.twisted import MetricsResource
@@ -108,7 +121,7 @@ def make_site(ws_factory: Any, web_root: str | None, extra: dict[bytes, Resource
     """The public resource tree: page, ``/ws`` and (unless an admin endpoint
     is configured) the admin resources."""
     root: Resource = StaticFiles(web_root) if web_root else _NoPage()
-    root.putChild(b"ws", WebSocketResource(ws_factory))
+    root.putChild(b"ws", _WebSocketResource(ws_factory))
     for name, resource in extra.items():
         root.putChild(name, resource)
     site = Site(root)

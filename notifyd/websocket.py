@@ -136,6 +136,10 @@ class WampServerProtocol(WebSocketServerProtocol):
         self.factory.connection_gone(self)
 
     def onOpen(self) -> None:
+        # the opening handshake is over: drop its raw bytes (memory per idle
+        # connection is what scales)
+        self.http_request_data = None
+        self.http_response_data = None
         self.session = WampSession(self.factory.router, self, peer=self.peer)
         self._hello_timer = self.factory.clock.callLater(self.factory.hello_timeout, self._no_hello)
 
@@ -188,6 +192,10 @@ class WampServerProtocol(WebSocketServerProtocol):
                 return
             try:
                 session.on_message(msg, raw)
+                if self._hello_timer is not None and session.state.value == "open":
+                    if self._hello_timer.active():
+                        self._hello_timer.cancel()
+                    self._hello_timer = None
             except Exception:
                 self._nlog.failure("internal error handling {msg!r}", msg=msg)
                 session.abort("wamp.error.internal", "internal error")
