@@ -56,12 +56,12 @@ haproxy:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 
 lint: venv
-	$(VENV)/bin/ruff check notifyd tests twisted setup.py
-	$(VENV)/bin/ruff format --check notifyd tests twisted setup.py
+	$(VENV)/bin/ruff check notifyd tests twisted bench setup.py
+	$(VENV)/bin/ruff format --check notifyd tests twisted bench setup.py
 
 format: venv
-	$(VENV)/bin/ruff format notifyd tests twisted setup.py
-	$(VENV)/bin/ruff check --fix notifyd tests twisted setup.py
+	$(VENV)/bin/ruff format notifyd tests twisted bench setup.py
+	$(VENV)/bin/ruff check --fix notifyd tests twisted bench setup.py
 
 test: setup chromium haproxy lint
 	$(TEST_NODE) $(PY) -m notifyd.devbroker start

@@ -42,8 +42,15 @@ def main() -> None:
         if cfg.get("topics"):
             topic = f"{topic}.{rnd.randrange(cfg['topics'])}"
         body = json.dumps(
-            {"seq": seq, "sent": time.time(), "invoice": f"INV-{seq:06d}", "client": "Acme Ltd",
-             "amount": 1250.0, "currency": "EUR", "pad": pad}
+            {
+                "seq": seq,
+                "sent": time.time(),
+                "invoice": f"INV-{seq:06d}",
+                "client": "Acme Ltd",
+                "amount": 1250.0,
+                "currency": "EUR",
+                "pad": pad,
+            }
         ).encode()
         ch.basic_publish(cfg["exchange"], topic, body, props)
     conn.close()

@@ -70,17 +70,35 @@ class Server:
         self.kind = kind
         self.port = port
         if kind == "notifyd":
-            args = [str(BIN / "twistd"), "-n", "--pidfile=", "notifyd", "--amqp-url", amqp,
-                    "--exchange", exchange, "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
-                    "--allow-anonymous", "--max-connections", "100000",
-                    "--max-subscriptions-per-session", "10"]
+            args = [
+                str(BIN / "twistd"),
+                "-n",
+                "--pidfile=",
+                "notifyd",
+                "--amqp-url",
+                amqp,
+                "--exchange",
+                exchange,
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1:backlog=4096",
+                "--allow-anonymous",
+                "--max-connections",
+                "100000",
+                "--max-subscriptions-per-session",
+                "10",
+            ]
             ready = "notifyd ready"
         else:
             args = [PY, str(ROOT / "bench" / f"{kind}.py"), str(port), amqp, exchange]
             ready = "READY"
-        self.proc = subprocess.Popen(pinned(SERVER_CPU, args), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, cwd=str(ROOT),
-                                     preexec_fn=raise_fd_limit)
+        self.proc = subprocess.Popen(
+            pinned(SERVER_CPU, args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=str(ROOT),
+            preexec_fn=raise_fd_limit,
+        )
         for line in self.proc.stdout:
             if ready in line:
                 break
@@ -113,7 +131,10 @@ class LoadGen:
     def __init__(self, cfg: dict) -> None:
         self.proc = subprocess.Popen(
             pinned(CLIENT_CPU, ["node", str(ROOT / "bench" / "loadgen.cjs"), json.dumps(cfg)]),
-            stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True, preexec_fn=raise_fd_limit,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            text=True,
+            preexec_fn=raise_fd_limit,
         )
         line = self.proc.stdout.readline()
         if not line.startswith("READY"):
@@ -129,8 +150,14 @@ class LoadGen:
 
 
 def publish(amqp: str, exchange: str, **cfg) -> dict:
-    args = pinned(CLIENT_CPU, [PY, str(ROOT / "bench" / "publisher.py"),
-                               json.dumps({"url": amqp, "exchange": exchange, **cfg})])
+    args = pinned(
+        CLIENT_CPU,
+        [
+            PY,
+            str(ROOT / "bench" / "publisher.py"),
+            json.dumps({"url": amqp, "exchange": exchange, **cfg}),
+        ],
+    )
     return json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
 
 
@@ -142,8 +169,16 @@ def scenario_a(amqp: str, kind: str, n: int, k: int) -> dict:
     ex = fresh_exchange()
     srv = Server(kind, amqp, ex, 18080)
     try:
-        lg = LoadGen({"url": srv.url, "n": n, "mode": "wamp" if kind == "notifyd" else "raw",
-                      "topics": ["bench.a"], "expect": k, "timeout": 300})
+        lg = LoadGen(
+            {
+                "url": srv.url,
+                "n": n,
+                "mode": "wamp" if kind == "notifyd" else "raw",
+                "topics": ["bench.a"],
+                "expect": k,
+                "timeout": 300,
+            }
+        )
         cpu0 = srv.cpu()
         t0 = time.time()
         publish(amqp, ex, topic="bench.a", count=k, rate=0)
@@ -153,11 +188,20 @@ def scenario_a(amqp: str, kind: str, n: int, k: int) -> dict:
         srv.stop()
     delivered = n * k - res["missing"]
     seconds = (res["last_recv"] or t0) - t0
-    return {"kind": kind, "n": n, "events": k, "delivered": delivered, "missing": res["missing"],
-            "gaps": res["gaps"], "duplicates": res["duplicates"], "seconds": seconds,
-            "deliveries_per_s": delivered / seconds if seconds > 0 else 0, "server_cpu_s": cpu,
-            "cpu_per_delivery_us": cpu / delivered * 1e6 if delivered else None,
-            "latency_ms": res["latency_ms"]}
+    return {
+        "kind": kind,
+        "n": n,
+        "events": k,
+        "delivered": delivered,
+        "missing": res["missing"],
+        "gaps": res["gaps"],
+        "duplicates": res["duplicates"],
+        "seconds": seconds,
+        "deliveries_per_s": delivered / seconds if seconds > 0 else 0,
+        "server_cpu_s": cpu,
+        "cpu_per_delivery_us": cpu / delivered * 1e6 if delivered else None,
+        "latency_ms": res["latency_ms"],
+    }
 
 
 def scenario_b(amqp: str, kind: str, n: int, seconds: int) -> dict:
@@ -165,17 +209,33 @@ def scenario_b(amqp: str, kind: str, n: int, seconds: int) -> dict:
     srv = Server(kind, amqp, ex, 18081)
     k = 20 * seconds
     try:
-        lg = LoadGen({"url": srv.url, "n": n, "mode": "wamp" if kind == "notifyd" else "raw",
-                      "topics": ["bench.b"], "expect": k, "timeout": seconds + 120})
+        lg = LoadGen(
+            {
+                "url": srv.url,
+                "n": n,
+                "mode": "wamp" if kind == "notifyd" else "raw",
+                "topics": ["bench.b"],
+                "expect": k,
+                "timeout": seconds + 120,
+            }
+        )
         cpu0 = srv.cpu()
         publish(amqp, ex, topic="bench.b", count=k, rate=20)
         res = lg.result()
         cpu = srv.cpu() - cpu0
     finally:
         srv.stop()
-    return {"kind": kind, "n": n, "rate": 20, "events": k, "missing": res["missing"],
-            "gaps": res["gaps"], "latency_ms": res["latency_ms"], "server_cpu_s": cpu,
-            "server_cpu_pct": cpu / seconds * 100}
+    return {
+        "kind": kind,
+        "n": n,
+        "rate": 20,
+        "events": k,
+        "missing": res["missing"],
+        "gaps": res["gaps"],
+        "latency_ms": res["latency_ms"],
+        "server_cpu_s": cpu,
+        "server_cpu_pct": cpu / seconds * 100,
+    }
 
 
 def scenario_ce(amqp: str, m: int) -> dict:
@@ -184,25 +244,49 @@ def scenario_ce(amqp: str, m: int) -> dict:
     try:
         rss0 = srv.rss()
         cpu0 = srv.cpu()
-        lg = LoadGen({"url": srv.url, "n": m, "mode": "wamp", "topics": ["bench.idle"],
-                      "timeout": 600, "batch": 100})
+        lg = LoadGen(
+            {
+                "url": srv.url,
+                "n": m,
+                "mode": "wamp",
+                "topics": ["bench.idle"],
+                "timeout": 600,
+                "batch": 100,
+            }
+        )
         cpu = srv.cpu() - cpu0
-        time.sleep(1.0)  # let allocator and buffers settle before reading RSS (a measurement, not a test)
+        time.sleep(
+            1.0
+        )  # let allocator and buffers settle before reading RSS (a measurement, not a test)
         rss1 = srv.rss()
         lg.result()
     finally:
         srv.stop()
-    return {"connections": m, "subscribed_s": lg.ready_ms / 1000, "server_cpu_s": cpu,
-            "rss_before_kib": rss0, "rss_after_kib": rss1,
-            "rss_per_session_kib": (rss1 - rss0) / m}
+    return {
+        "connections": m,
+        "subscribed_s": lg.ready_ms / 1000,
+        "server_cpu_s": cpu,
+        "rss_before_kib": rss0,
+        "rss_after_kib": rss1,
+        "rss_per_session_kib": (rss1 - rss0) / m,
+    }
 
 
 def scenario_d(amqp: str, m: int, k: int) -> dict:
     ex = fresh_exchange()
     srv = Server("notifyd", amqp, ex, 18083)
     try:
-        lg = LoadGen({"url": srv.url, "n": m, "mode": "wamp", "topicPerClient": "bench.user",
-                      "expectTotal": k, "timeout": 600, "batch": 100})
+        lg = LoadGen(
+            {
+                "url": srv.url,
+                "n": m,
+                "mode": "wamp",
+                "topicPerClient": "bench.user",
+                "expectTotal": k,
+                "timeout": 600,
+                "batch": 100,
+            }
+        )
         cpu0 = srv.cpu()
         t0 = time.time()
         publish(amqp, ex, topic="bench.user", topics=m, count=k, rate=0)
@@ -210,10 +294,17 @@ def scenario_d(amqp: str, m: int, k: int) -> dict:
         cpu = srv.cpu() - cpu0
     finally:
         srv.stop()
-    return {"clients": m, "events": k, "delivered": res["events"], "missing": res["missing"],
-            "duplicates": res["duplicates"], "seconds": (res["last_recv"] or t0) - t0,
-            "server_cpu_s": cpu, "cpu_per_event_us": cpu / max(res["events"], 1) * 1e6,
-            "subscribe_all_s": lg.ready_ms / 1000}
+    return {
+        "clients": m,
+        "events": k,
+        "delivered": res["events"],
+        "missing": res["missing"],
+        "duplicates": res["duplicates"],
+        "seconds": (res["last_recv"] or t0) - t0,
+        "server_cpu_s": cpu,
+        "cpu_per_event_us": cpu / max(res["events"], 1) * 1e6,
+        "subscribe_all_s": lg.ready_ms / 1000,
+    }
 
 
 def main() -> int:
@@ -244,38 +335,56 @@ def main() -> int:
 
 
 def report(r: dict) -> None:
-    print(f"\nnotifyd benchmark ({'quick' if r['quick'] else 'full'}), {r['cores']} cores; "
-          f"server pinned to core {SERVER_CPU}, load generator and publisher to core {CLIENT_CPU}\n")
+    print(
+        f"\nnotifyd benchmark ({'quick' if r['quick'] else 'full'}), {r['cores']} cores; "
+        f"server pinned to core {SERVER_CPU}, load generator and publisher to core {CLIENT_CPU}\n"
+    )
     a = {x["kind"]: x for x in r["A"]}
     print("A  fan-out throughput (N subscribers, one topic)")
-    print(f"   {'peer':<9} {'N':>5} {'events':>7} {'deliv/s':>10} {'server CPU':>11} {'µs CPU/deliv':>13} {'lost':>5} {'gaps':>5}")
+    print(
+        f"   {'peer':<9} {'N':>5} {'events':>7} {'deliv/s':>10} {'server CPU':>11} {'µs CPU/deliv':>13} {'lost':>5} {'gaps':>5}"
+    )
     for kind in ("seed", "notifyd", "ceiling"):
         x = a[kind]
-        print(f"   {kind:<9} {x['n']:>5} {x['events']:>7} {x['deliveries_per_s']:>10.0f} "
-              f"{x['server_cpu_s']:>10.2f}s {x['cpu_per_delivery_us'] or 0:>13.2f} {x['missing']:>5} {x['gaps']:>5}")
-    print(f"   notifyd / seed = {a['notifyd']['deliveries_per_s'] / a['seed']['deliveries_per_s']:.2f}x "
-          f"(target >= 4), notifyd / ceiling = {a['notifyd']['deliveries_per_s'] / a['ceiling']['deliveries_per_s']:.2f}x (target >= 0.7)")
+        print(
+            f"   {kind:<9} {x['n']:>5} {x['events']:>7} {x['deliveries_per_s']:>10.0f} "
+            f"{x['server_cpu_s']:>10.2f}s {x['cpu_per_delivery_us'] or 0:>13.2f} {x['missing']:>5} {x['gaps']:>5}"
+        )
+    print(
+        f"   notifyd / seed = {a['notifyd']['deliveries_per_s'] / a['seed']['deliveries_per_s']:.2f}x "
+        f"(target >= 4), notifyd / ceiling = {a['notifyd']['deliveries_per_s'] / a['ceiling']['deliveries_per_s']:.2f}x (target >= 0.7)"
+    )
     b = {x["kind"]: x for x in r["B"]}
     print("\nB  latency at 20 events/s")
-    print(f"   {'peer':<9} {'N':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'server CPU':>11} {'lost':>5}")
+    print(
+        f"   {'peer':<9} {'N':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'server CPU':>11} {'lost':>5}"
+    )
     for kind in ("seed", "notifyd", "ceiling"):
         x = b[kind]
         lat = x["latency_ms"]
-        print(f"   {kind:<9} {x['n']:>5} {lat['p50']:>8.1f} {lat['p99']:>8.1f} {lat['max']:>8.1f} "
-              f"{x['server_cpu_pct']:>10.0f}% {x['missing']:>5}")
+        print(
+            f"   {kind:<9} {x['n']:>5} {lat['p50']:>8.1f} {lat['p99']:>8.1f} {lat['max']:>8.1f} "
+            f"{x['server_cpu_pct']:>10.0f}% {x['missing']:>5}"
+        )
     ratio = b["notifyd"]["latency_ms"]["p99"] / max(b["ceiling"]["latency_ms"]["p99"], 0.001)
     print(f"   notifyd p99 / ceiling p99 = {ratio:.2f}x (target <= 3)")
     ce = r["CE"]
-    print(f"\nC  RSS per idle WAMP session: {ce['rss_per_session_kib']:.2f} KiB "
-          f"({ce['connections']} sessions; {ce['rss_before_kib']} -> {ce['rss_after_kib']} KiB; target <= 8)")
-    print(f"E  connection storm: {ce['connections']} connect+HELLO+SUBSCRIBE in {ce['subscribed_s']:.2f} s "
-          f"(server CPU {ce['server_cpu_s']:.2f} s; target < 10 s for 5000)")
+    print(
+        f"\nC  RSS per idle WAMP session: {ce['rss_per_session_kib']:.2f} KiB "
+        f"({ce['connections']} sessions; {ce['rss_before_kib']} -> {ce['rss_after_kib']} KiB; target <= 8)"
+    )
+    print(
+        f"E  connection storm: {ce['connections']} connect+HELLO+SUBSCRIBE in {ce['subscribed_s']:.2f} s "
+        f"(server CPU {ce['server_cpu_s']:.2f} s; target < 10 s for 5000)"
+    )
     d = r["D"]
     per_a = a["notifyd"]["cpu_per_delivery_us"] or 0
-    print(f"D  many topics: {d['clients']} clients, own topic each, {d['events']} events to random ones: "
-          f"{d['cpu_per_event_us']:.1f} µs CPU/event vs {per_a:.1f} µs/delivery in A "
-          f"= {d['cpu_per_event_us'] / max(per_a, 0.001):.2f}x (target <= 1.5); lost {d['missing']}; "
-          f"{d['clients']} subscriptions bound in {d['subscribe_all_s']:.2f} s")
+    print(
+        f"D  many topics: {d['clients']} clients, own topic each, {d['events']} events to random ones: "
+        f"{d['cpu_per_event_us']:.1f} µs CPU/event vs {per_a:.1f} µs/delivery in A "
+        f"= {d['cpu_per_event_us'] / max(per_a, 0.001):.2f}x (target <= 1.5); lost {d['missing']}; "
+        f"{d['clients']} subscriptions bound in {d['subscribe_all_s']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

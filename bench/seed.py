@@ -57,7 +57,8 @@ def main() -> None:
         print("READY", flush=True)
 
     TornadoConnection(
-        pika.URLParameters(url), on_open_callback=lambda conn: conn.channel(on_open_callback=on_channel)
+        pika.URLParameters(url),
+        on_open_callback=lambda conn: conn.channel(on_open_callback=on_channel),
     )
     ioloop.IOLoop.current().start()
 
