@@ -151,10 +151,11 @@ class Node:
         """Start the node unless it runs already; return once it is ready."""
         if not (RABBITMQ_BIN / "rabbitmq-server").exists():
             raise NodeError("rabbitmq-server is not installed (apt-get install -y rabbitmq-server)")
+        server = None
         if self.server_pid() is None:
             self._prepare()
             log = open(self.base / "log" / "server.out", "ab")
-            subprocess.Popen(
+            server = subprocess.Popen(
                 [str(RABBITMQ_BIN / "rabbitmq-server")],
                 env=self.environ(),
                 stdout=log,
@@ -179,6 +180,12 @@ class Node:
             )
             if proc.returncode == 0 and self.server_pid() is not None:
                 return
+            if server is not None and server.poll() is not None:
+                tail = (self.base / "log" / "server.out").read_text(errors="replace")[-600:]
+                raise NodeError(
+                    f"rabbitmq-server exited during start-up (is another node using ports "
+                    f"{self.amqp_port}-{self.epmd_port}?):\n{tail}"
+                )
             if time.monotonic() > deadline:
                 raise NodeError(
                     f"RabbitMQ did not start within {timeout:.0f}s; see {self.base / 'log'}"

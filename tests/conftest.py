@@ -18,11 +18,14 @@ os.environ.setdefault("NOTIFYD_DEV_NODENAME", "notifyd-test")
 
 
 @pytest.fixture(scope="session")
-def rabbit() -> Node:
+def rabbit() -> Any:
     """The test suite's private RabbitMQ node (started if it is not running)."""
     node = Node.from_environ()
+    was_running = node.server_pid() is not None
     node.start()
-    return node
+    yield node
+    if not was_running:  # started here (pytest run by hand): leave nothing behind
+        node.stop()
 
 
 @pytest.fixture
