@@ -12,6 +12,9 @@ Scenarios (see docs/performance.md):
   C  RSS per idle WAMP session (HELLO + one SUBSCRIBE)
   D  many topics: each client subscribed to its own topic, events to random ones
   E  connection storm: connect + HELLO + SUBSCRIBE for M clients, time to all subscribed
+  F  two notifyd processes (one per core, clients split between them) against one
+
+Run a subset with ``--only A,F``.
 """
 
 from __future__ import annotations
@@ -36,8 +39,15 @@ CLK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 SERVER_CPU, CLIENT_CPU = ("0", "1") if CORES > 1 else ("0", "0")
 
-QUICK = {"A": (1000, 60), "B": (1000, 5), "C": 2000, "D": (2000, 2000), "E": 2000}
-FULL = {"A": (1000, 300), "B": (1000, 15), "C": 5000, "D": (5000, 5000), "E": 5000}
+QUICK = {"A": (1000, 60), "B": (1000, 5), "C": 2000, "D": (2000, 2000), "E": 2000, "F": (1000, 60)}
+FULL = {
+    "A": (1000, 300),
+    "B": (1000, 15),
+    "C": 5000,
+    "D": (5000, 5000),
+    "E": 5000,
+    "F": (2000, 300),
+}
 
 
 def raise_fd_limit() -> None:
@@ -66,7 +76,9 @@ def rss_kib(pid: int) -> int:
 
 
 class Server:
-    def __init__(self, kind: str, amqp: str, exchange: str, port: int) -> None:
+    def __init__(
+        self, kind: str, amqp: str, exchange: str, port: int, cpu: str | None = None
+    ) -> None:
         self.kind = kind
         self.port = port
         if kind == "notifyd":
@@ -92,7 +104,7 @@ class Server:
             args = [PY, str(ROOT / "bench" / f"{kind}.py"), str(port), amqp, exchange]
             ready = "READY"
         self.proc = subprocess.Popen(
-            pinned(SERVER_CPU, args),
+            pinned(cpu or SERVER_CPU, args),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -128,9 +140,10 @@ class Server:
 
 
 class LoadGen:
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict, pin: bool = True) -> None:
+        args = ["node", str(ROOT / "bench" / "loadgen.cjs"), json.dumps(cfg)]
         self.proc = subprocess.Popen(
-            pinned(CLIENT_CPU, ["node", str(ROOT / "bench" / "loadgen.cjs"), json.dumps(cfg)]),
+            pinned(CLIENT_CPU, args) if pin else args,
             stdout=subprocess.PIPE,
             stdin=subprocess.PIPE,
             text=True,
@@ -307,6 +320,53 @@ def scenario_d(amqp: str, m: int, k: int) -> dict:
     }
 
 
+def scenario_f(amqp: str, n: int, k: int) -> dict:
+    """The same fan-out through one notifyd, then through two (one per core,
+    half the clients each).  The load generators are not pinned here: with
+    two cores they share the machine with the servers in both runs."""
+    out = {}
+    for procs in (1, 2):
+        ex = fresh_exchange()
+        servers = [
+            Server("notifyd", amqp, ex, 18084 + i, cpu=str(i % max(CORES, 1))) for i in range(procs)
+        ]
+        try:
+            gens = [
+                LoadGen(
+                    {
+                        "url": srv.url,
+                        "n": n // procs,
+                        "mode": "wamp",
+                        "topics": ["bench.f"],
+                        "expect": k,
+                        "timeout": 300,
+                    },
+                    pin=False,
+                )
+                for srv in servers
+            ]
+            cpu0 = [srv.cpu() for srv in servers]
+            t0 = time.time()
+            publish(amqp, ex, topic="bench.f", count=k, rate=0)
+            results = [g.result() for g in gens]
+            cpu = [srv.cpu() - c for srv, c in zip(servers, cpu0, strict=True)]
+        finally:
+            for srv in servers:
+                srv.stop()
+        delivered = sum((n // procs) * k - r["missing"] for r in results)
+        seconds = max(r["last_recv"] or t0 for r in results) - t0
+        out[procs] = {
+            "processes": procs,
+            "delivered": delivered,
+            "missing": sum(r["missing"] for r in results),
+            "seconds": seconds,
+            "deliveries_per_s": delivered / seconds if seconds > 0 else 0,
+            "server_cpu_s": cpu,
+        }
+    out["ratio"] = out[2]["deliveries_per_s"] / max(out[1]["deliveries_per_s"], 1)
+    return out
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
     sizes = QUICK if quick else FULL
@@ -315,14 +375,31 @@ def main() -> int:
     node.start()
     amqp = node.url
     results: dict = {"quick": quick, "cores": CORES, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    only = set()
+    for arg in sys.argv[1:]:
+        if arg.startswith("--only"):
+            only = set(sys.argv[sys.argv.index(arg) + 1].split(","))
+
+    def want(name: str) -> bool:
+        return not only or name in only
+
     try:
-        n, k = sizes["A"]
-        results["A"] = [scenario_a(amqp, kind, n, k) for kind in ("seed", "notifyd", "ceiling")]
-        n, secs = sizes["B"]
-        results["B"] = [scenario_b(amqp, kind, n, secs) for kind in ("seed", "notifyd", "ceiling")]
-        results["CE"] = scenario_ce(amqp, sizes["C"])
-        m, k = sizes["D"]
-        results["D"] = scenario_d(amqp, m, k)
+        if want("A"):
+            n, k = sizes["A"]
+            results["A"] = [scenario_a(amqp, kind, n, k) for kind in ("seed", "notifyd", "ceiling")]
+        if want("B"):
+            n, secs = sizes["B"]
+            results["B"] = [
+                scenario_b(amqp, kind, n, secs) for kind in ("seed", "notifyd", "ceiling")
+            ]
+        if want("C") or want("E"):
+            results["CE"] = scenario_ce(amqp, sizes["C"])
+        if want("D"):
+            m, k = sizes["D"]
+            results["D"] = scenario_d(amqp, m, k)
+        if want("F"):
+            n, k = sizes["F"]
+            results["F"] = scenario_f(amqp, n, k)
     finally:
         node.stop()
     out = ROOT / "bench" / "results"
@@ -339,52 +416,63 @@ def report(r: dict) -> None:
         f"\nnotifyd benchmark ({'quick' if r['quick'] else 'full'}), {r['cores']} cores; "
         f"server pinned to core {SERVER_CPU}, load generator and publisher to core {CLIENT_CPU}\n"
     )
-    a = {x["kind"]: x for x in r["A"]}
-    print("A  fan-out throughput (N subscribers, one topic)")
-    print(
-        f"   {'peer':<9} {'N':>5} {'events':>7} {'deliv/s':>10} {'server CPU':>11} {'µs CPU/deliv':>13} {'lost':>5} {'gaps':>5}"
-    )
-    for kind in ("seed", "notifyd", "ceiling"):
-        x = a[kind]
+    if "F" in r:
+        f = r["F"]
         print(
-            f"   {kind:<9} {x['n']:>5} {x['events']:>7} {x['deliveries_per_s']:>10.0f} "
-            f"{x['server_cpu_s']:>10.2f}s {x['cpu_per_delivery_us'] or 0:>13.2f} {x['missing']:>5} {x['gaps']:>5}"
+            f"F  two processes vs one: {f[2]['deliveries_per_s']:.0f} vs {f[1]['deliveries_per_s']:.0f} "
+            f"deliveries/s = {f['ratio']:.2f}x (target >= 1.7); server CPU {f[2]['server_cpu_s']} vs "
+            f"{f[1]['server_cpu_s']} s; lost {f[1]['missing'] + f[2]['missing']}\n"
         )
-    print(
-        f"   notifyd / seed = {a['notifyd']['deliveries_per_s'] / a['seed']['deliveries_per_s']:.2f}x "
-        f"(target >= 4), notifyd / ceiling = {a['notifyd']['deliveries_per_s'] / a['ceiling']['deliveries_per_s']:.2f}x (target >= 0.7)"
-    )
-    b = {x["kind"]: x for x in r["B"]}
-    print("\nB  latency at 20 events/s")
-    print(
-        f"   {'peer':<9} {'N':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'server CPU':>11} {'lost':>5}"
-    )
-    for kind in ("seed", "notifyd", "ceiling"):
-        x = b[kind]
-        lat = x["latency_ms"]
+    a = {x["kind"]: x for x in r.get("A", [])}
+    if a:
+        print("A  fan-out throughput (N subscribers, one topic)")
         print(
-            f"   {kind:<9} {x['n']:>5} {lat['p50']:>8.1f} {lat['p99']:>8.1f} {lat['max']:>8.1f} "
-            f"{x['server_cpu_pct']:>10.0f}% {x['missing']:>5}"
+            f"   {'peer':<9} {'N':>5} {'events':>7} {'deliv/s':>10} {'server CPU':>11} {'µs CPU/deliv':>13} {'lost':>5} {'gaps':>5}"
         )
-    ratio = b["notifyd"]["latency_ms"]["p99"] / max(b["ceiling"]["latency_ms"]["p99"], 0.001)
-    print(f"   notifyd p99 / ceiling p99 = {ratio:.2f}x (target <= 3)")
-    ce = r["CE"]
-    print(
-        f"\nC  RSS per idle WAMP session: {ce['rss_per_session_kib']:.2f} KiB "
-        f"({ce['connections']} sessions; {ce['rss_before_kib']} -> {ce['rss_after_kib']} KiB; target <= 8)"
-    )
-    print(
-        f"E  connection storm: {ce['connections']} connect+HELLO+SUBSCRIBE in {ce['subscribed_s']:.2f} s "
-        f"(server CPU {ce['server_cpu_s']:.2f} s; target < 10 s for 5000)"
-    )
-    d = r["D"]
-    per_a = a["notifyd"]["cpu_per_delivery_us"] or 0
-    print(
-        f"D  many topics: {d['clients']} clients, own topic each, {d['events']} events to random ones: "
-        f"{d['cpu_per_event_us']:.1f} µs CPU/event vs {per_a:.1f} µs/delivery in A "
-        f"= {d['cpu_per_event_us'] / max(per_a, 0.001):.2f}x (target <= 1.5); lost {d['missing']}; "
-        f"{d['clients']} subscriptions bound in {d['subscribe_all_s']:.2f} s"
-    )
+        for kind in ("seed", "notifyd", "ceiling"):
+            x = a[kind]
+            print(
+                f"   {kind:<9} {x['n']:>5} {x['events']:>7} {x['deliveries_per_s']:>10.0f} "
+                f"{x['server_cpu_s']:>10.2f}s {x['cpu_per_delivery_us'] or 0:>13.2f} {x['missing']:>5} {x['gaps']:>5}"
+            )
+        print(
+            f"   notifyd / seed = {a['notifyd']['deliveries_per_s'] / a['seed']['deliveries_per_s']:.2f}x "
+            f"(target >= 4), notifyd / ceiling = {a['notifyd']['deliveries_per_s'] / a['ceiling']['deliveries_per_s']:.2f}x (target >= 0.7)"
+        )
+    if "B" in r:
+        b = {x["kind"]: x for x in r["B"]}
+        print("\nB  latency at 20 events/s")
+        print(
+            f"   {'peer':<9} {'N':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'server CPU':>11} {'lost':>5}"
+        )
+        for kind in ("seed", "notifyd", "ceiling"):
+            x = b[kind]
+            lat = x["latency_ms"]
+            print(
+                f"   {kind:<9} {x['n']:>5} {lat['p50']:>8.1f} {lat['p99']:>8.1f} {lat['max']:>8.1f} "
+                f"{x['server_cpu_pct']:>10.0f}% {x['missing']:>5}"
+            )
+        ratio = b["notifyd"]["latency_ms"]["p99"] / max(b["ceiling"]["latency_ms"]["p99"], 0.001)
+        print(f"   notifyd p99 / ceiling p99 = {ratio:.2f}x (target <= 3)")
+    if "CE" in r:
+        ce = r["CE"]
+        print(
+            f"\nC  RSS per idle WAMP session: {ce['rss_per_session_kib']:.2f} KiB "
+            f"({ce['connections']} sessions; {ce['rss_before_kib']} -> {ce['rss_after_kib']} KiB; target <= 8)"
+        )
+        print(
+            f"E  connection storm: {ce['connections']} connect+HELLO+SUBSCRIBE in {ce['subscribed_s']:.2f} s "
+            f"(server CPU {ce['server_cpu_s']:.2f} s; target < 10 s for 5000)"
+        )
+    if "D" in r:
+        d = r["D"]
+        per_a = (a["notifyd"]["cpu_per_delivery_us"] or 0) if a else 0
+        print(
+            f"D  many topics: {d['clients']} clients, own topic each, {d['events']} events to random ones: "
+            f"{d['cpu_per_event_us']:.1f} µs CPU/event vs {per_a:.1f} µs/delivery in A "
+            f"= {d['cpu_per_event_us'] / max(per_a, 0.001):.2f}x (target <= 1.5); lost {d['missing']}; "
+            f"{d['clients']} subscriptions bound in {d['subscribe_all_s']:.2f} s"
+        )
 
 
 if __name__ == "__main__":
