@@ -147,6 +147,11 @@ class Notifyd(LineProcess):
         rx = re.compile(pattern)
         return sum(1 for line in self.lines if rx.search(line))
 
+    def wait_count(self, pattern: str, n: int, timeout: float = TIMEOUT) -> Deferred:
+        """Wait until ``n`` log lines match (its output arrives on a pipe of
+        its own, so it may lag behind what clients already saw)."""
+        return self._w.wait(lambda: self.count(pattern) >= n, timeout)
+
 
 class JsClient(LineProcess):
     """The scripted Autobahn|JS client ``tests/js/client.cjs`` on Node."""

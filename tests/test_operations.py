@@ -123,6 +123,7 @@ def test_connection_and_subscription_limits(spawn):
         raise AssertionError("a third connection was accepted")
     except ConnectionError as e:
         assert "503" in str(e) or "handshake" in str(e)
+    yield node.wait_count("refused WebSocket from .*: limit", 1)
     assert node.count("refused WebSocket from .*: limit") == 1
     for i, topic in enumerate(["a.1", "a.2"], 1):
         p1.sendMessage(json.dumps([32, i, {}, topic]).encode())
@@ -155,6 +156,7 @@ def test_per_address_limit(spawn):
         raise AssertionError("a second connection from one address was accepted")
     except ConnectionError:
         pass
+    yield node.wait_count("limit_per_address", 1)
     assert node.count("limit_per_address") == 1
 
 
