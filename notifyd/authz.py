@@ -43,11 +43,11 @@ subscribe to everything, and publishing follows ``allow_publish`` alone.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from notifyd.auth import AuthConfigError, CraUser, check_identity_component
+from notifyd.config import ConfigError, read_toml
 from notifyd.topics import MATCH_EXACT, MATCH_PREFIX, MATCH_WILDCARD, InvalidTopic, validate_pattern
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[A-Za-z0-9_\-]+)?)\}")
@@ -202,12 +202,9 @@ def _rules(path: str, where: str, items: Any) -> list[Rule]:
 def load_authz(path: str) -> tuple[dict[str, RolePolicy], dict[str, CraUser]]:
     """Roles and wampcra users from an authz file."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise AuthConfigError(f"authz_file: cannot read {path}: {e.strerror}")
-    except tomllib.TOMLDecodeError as e:
-        raise AuthConfigError(f"authz_file: {path} is not valid TOML: {e}")
+        data = read_toml(path, "authz_file")
+    except ConfigError as e:
+        raise AuthConfigError(str(e)) from None
     unknown = set(data) - {"roles", "wampcra"}
     if unknown:
         raise AuthConfigError(f"authz_file {path}: unknown section {sorted(unknown)[0]!r}")

@@ -60,9 +60,6 @@ class Bindings:
         """Keys RabbitMQ confirmed on the current channel."""
         return frozenset(self._bound)
 
-    def refcount(self, key: str) -> int:
-        return self._refs.get(key, 0)
-
     # -- subscriptions ---------------------------------------------------
     def acquire(self, key: str) -> Deferred[None]:
         """Hold ``key``; the Deferred fires once the binding is confirmed.
@@ -70,19 +67,9 @@ class Bindings:
         Cancelling the Deferred stops waiting; it does not release the key.
         """
         self._refs[key] = self._refs.get(key, 0) + 1
-        if key in self._bound and key not in self._inflight:
-            return succeed(None)
-
-        def cancel(d: Deferred[None]) -> None:
-            waiting = self._waiters.get(key, [])
-            if d in waiting:
-                waiting.remove(d)
-                if not waiting:
-                    del self._waiters[key]
-
-        d: Deferred[None] = Deferred(cancel)
-        self._waiters.setdefault(key, []).append(d)
-        self._sync(key)
+        d = self.wait(key)
+        if not d.called:
+            self._sync(key)
         return d
 
     def wait(self, key: str) -> Deferred[None]:

@@ -99,9 +99,6 @@ class Broker:
     def subscriptions(self) -> list[Subscription]:
         return list(self._by_id.values())
 
-    def get(self, subscription_id: int) -> Subscription | None:
-        return self._by_id.get(subscription_id)
-
     def of_session(self, session_id: int) -> list[Subscription]:
         return list(self._of_session.get(session_id, {}).values())
 

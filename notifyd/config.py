@@ -491,15 +491,20 @@ def _checked(setting: Setting, value: Any, source: str) -> Any:
         raise ConfigError(f"{setting.key} ({source}) {e}") from None
 
 
-def read_file(path: str) -> dict[str, Any]:
-    """The settings in a TOML file, checked for unknown keys and types."""
+def read_toml(path: str, label: str) -> dict[str, Any]:
+    """A TOML file's contents; ConfigError names ``label`` and the problem."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}")
+        raise ConfigError(f"cannot read {label} {path}: {e.strerror}")
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}")
+        raise ConfigError(f"{label} {path} is not valid TOML: {e}")
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """The settings in a TOML file, checked for unknown keys and types."""
+    data = read_toml(path, "config file")
     values: dict[str, Any] = {}
     for key, value in data.items():
         setting = BY_KEY.get(key.replace("-", "_"))

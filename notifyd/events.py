@@ -51,6 +51,7 @@ than its headers allow.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,6 +264,23 @@ def _id(name: str, value: Any) -> int:
     return int(value)
 
 
+#: header → (InboundEvent field, parser)
+_HEADER_FIELDS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    HEADER_PUBLICATION: ("publication", _id),
+    HEADER_PUBLISHER: ("publisher", _id),
+    HEADER_EXCLUDE_ME: ("exclude_me", _flag),
+    HEADER_DISCLOSE_ME: ("disclose_me", _flag),
+    HEADER_ELIGIBLE: ("eligible", _session_ids),
+    HEADER_EXCLUDE: ("exclude", _session_ids),
+    HEADER_ELIGIBLE_AUTHID: ("eligible_authid", _strings),
+    HEADER_EXCLUDE_AUTHID: ("exclude_authid", _strings),
+    HEADER_ELIGIBLE_AUTHROLE: ("eligible_authrole", _strings),
+    HEADER_EXCLUDE_AUTHROLE: ("exclude_authrole", _strings),
+    HEADER_PUBLISHER_AUTHID: ("publisher_authid", _string),
+    HEADER_PUBLISHER_AUTHROLE: ("publisher_authrole", _string),
+}
+
+
 def decode_delivery(routing_key: str, properties: Any, body: bytes, max_size: int) -> InboundEvent:
     """Turn one AMQP delivery into an :class:`InboundEvent` or raise BadEvent."""
     try:
@@ -307,53 +325,26 @@ def decode_delivery(routing_key: str, properties: Any, body: bytes, max_size: in
     else:
         raise BadEvent("bad_header", f"header {HEADER_PAYLOAD} has unknown value {mode!r}")
 
-    if HEADER_PUBLICATION in headers:
-        event.publication = _id(HEADER_PUBLICATION, headers[HEADER_PUBLICATION])
-    else:
-        event.publication = random_id()
-    if HEADER_PUBLISHER in headers:
-        event.publisher = _id(HEADER_PUBLISHER, headers[HEADER_PUBLISHER])
-    if HEADER_EXCLUDE_ME in headers:
-        event.exclude_me = _flag(HEADER_EXCLUDE_ME, headers[HEADER_EXCLUDE_ME])
-    if HEADER_DISCLOSE_ME in headers:
-        event.disclose_me = _flag(HEADER_DISCLOSE_ME, headers[HEADER_DISCLOSE_ME])
-    if HEADER_ELIGIBLE in headers:
-        event.eligible = _session_ids(HEADER_ELIGIBLE, headers[HEADER_ELIGIBLE])
-    if HEADER_EXCLUDE in headers:
-        event.exclude = _session_ids(HEADER_EXCLUDE, headers[HEADER_EXCLUDE])
     for name, value in headers.items():
-        if not name.startswith("wamp-") or name in (
-            HEADER_PUBLICATION,
-            HEADER_PUBLISHER,
-            HEADER_EXCLUDE_ME,
-            HEADER_DISCLOSE_ME,
-            HEADER_ELIGIBLE,
-            HEADER_EXCLUDE,
-            HEADER_PAYLOAD,
-        ):
+        if not name.startswith("wamp-") or name == HEADER_PAYLOAD:
             continue
-        if name == HEADER_ELIGIBLE_AUTHID:
-            event.eligible_authid = _strings(name, value)
-        elif name == HEADER_EXCLUDE_AUTHID:
-            event.exclude_authid = _strings(name, value)
-        elif name == HEADER_ELIGIBLE_AUTHROLE:
-            event.eligible_authrole = _strings(name, value)
-        elif name == HEADER_EXCLUDE_AUTHROLE:
-            event.exclude_authrole = _strings(name, value)
-        elif name == HEADER_PUBLISHER_AUTHID:
-            event.publisher_authid = _string(name, value)
-        elif name == HEADER_PUBLISHER_AUTHROLE:
-            event.publisher_authrole = _string(name, value)
-        elif name.startswith(ELIGIBLE_EXTRA) and len(name) > len(ELIGIBLE_EXTRA):
-            if event.eligible_extra is None:
-                event.eligible_extra = {}
-            event.eligible_extra[name[len(ELIGIBLE_EXTRA) :]] = _strings(name, value)
-        elif name.startswith(EXCLUDE_EXTRA) and len(name) > len(EXCLUDE_EXTRA):
-            if event.exclude_extra is None:
-                event.exclude_extra = {}
-            event.exclude_extra[name[len(EXCLUDE_EXTRA) :]] = _strings(name, value)
+        field = _HEADER_FIELDS.get(name)
+        if field is not None:
+            attr, parse = field
+            setattr(event, attr, parse(name, value))
+            continue
+        for prefix, attr in ((ELIGIBLE_EXTRA, "eligible_extra"), (EXCLUDE_EXTRA, "exclude_extra")):
+            if name.startswith(prefix) and len(name) > len(prefix):
+                table = getattr(event, attr)
+                if table is None:
+                    table = {}
+                    setattr(event, attr, table)
+                table[name[len(prefix) :]] = _strings(name, value)
+                break
         else:
             raise BadEvent("bad_header", f"unknown header {name} (wamp-* headers are reserved)")
+    if not event.publication:
+        event.publication = random_id()
 
     extra = event.extra
     message_id = getattr(properties, "message_id", None)

@@ -44,6 +44,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from notifyd.websocket import SERIALIZERS
+
 _PLAIN_COUNTERS = {
     "events_received": ("notifyd_events_received", "AMQP deliveries decoded as events"),
     "events_delivered": ("notifyd_events_delivered", "EVENT messages written to sessions"),
@@ -75,6 +77,15 @@ _LABELLED = {
 }
 
 
+def _by_serializer(name: str, doc: str, subprotocols: Any) -> GaugeMetricFamily:
+    counts: Counter[str] = Counter(dict.fromkeys(SERIALIZERS, 0))
+    counts.update(subprotocols)
+    family = GaugeMetricFamily(name, doc, labels=["serializer"])
+    for ser, n in sorted(counts.items()):
+        family.add_metric([ser.removeprefix("wamp.2.")], n)
+    return family
+
+
 class NotifydCollector(Collector):
     """Reads a :class:`notifyd.tap.NotifydService` at scrape time."""
 
@@ -86,27 +97,16 @@ class NotifydCollector(Collector):
         router, broker = svc.router, svc.broker
         counters: Counter[str] = router.stats.counters
 
-        conns = GaugeMetricFamily(
-            "notifyd_connections", "open WebSocket connections", labels=["serializer"]
+        yield _by_serializer(
+            "notifyd_connections",
+            "open WebSocket connections",
+            ((getattr(p, "subprotocol", "") or "none") for p in svc.ws_factory.connections),
         )
-        by_ser = Counter(
-            getattr(p, "subprotocol", "") or "none" for p in svc.ws_factory.connections
+        yield _by_serializer(
+            "notifyd_sessions",
+            "established WAMP sessions",
+            (getattr(s.transport, "subprotocol", "none") for s in router.sessions.values()),
         )
-        for name in ("wamp.2.json", "wamp.2.msgpack", "wamp.2.cbor"):
-            by_ser.setdefault(name, 0)
-        for ser, n in sorted(by_ser.items()):
-            conns.add_metric([ser.removeprefix("wamp.2.")], n)
-        yield conns
-
-        sessions = GaugeMetricFamily(
-            "notifyd_sessions", "established WAMP sessions", labels=["serializer"]
-        )
-        by_ser = Counter({"wamp.2.json": 0, "wamp.2.msgpack": 0, "wamp.2.cbor": 0})
-        for s in router.sessions.values():
-            by_ser[getattr(s.transport, "subprotocol", "none")] += 1
-        for ser, n in sorted(by_ser.items()):
-            sessions.add_metric([ser.removeprefix("wamp.2.")], n)
-        yield sessions
 
         subs = GaugeMetricFamily(
             "notifyd_subscriptions", "subscriptions on this node", labels=["match"]

@@ -103,6 +103,8 @@ class WampSession:
         self.authextra: dict[str, Any] = {}
         self._pending: set[Deferred[Subscription]] = set()
         self._challenge: tuple[str, Any] | None = None
+        # the broker calls this once per delivery: no extra frame in between
+        self.send_event = transport.send_event
         self._expiry: Any = None
 
     # -- entry points from the transport ---------------------------------------
@@ -203,9 +205,6 @@ class WampSession:
         self._cancel_expiry()
         for d in list(self._pending):
             d.cancel()
-
-    def send_event(self, event: wamp.NotifydEvent) -> None:
-        self.transport.send_event(event)
 
     # -- handlers ----------------------------------------------------------------
     def _on_hello(self, msg: message.Hello) -> None:

@@ -29,7 +29,6 @@ ERROR_NO_AUTH_METHOD = "wamp.error.no_auth_method"
 ERROR_PROTOCOL_VIOLATION = "wamp.error.protocol_violation"
 ERROR_INVALID_ARGUMENT = "wamp.error.invalid_argument"
 ERROR_FEATURE_NOT_SUPPORTED = "wamp.error.feature_not_supported"
-CLOSE_NORMAL = "wamp.close.normal"
 CLOSE_GOODBYE_AND_OUT = "wamp.close.goodbye_and_out"
 CLOSE_SYSTEM_SHUTDOWN = "wamp.close.system_shutdown"
 # notifyd's own error URIs.
@@ -57,6 +56,12 @@ class NotifydEvent(message.Event):
         self.frames: dict[str, Any] = {}
         self.raw = raw
 
+    def marshal(self) -> list[Any]:
+        raw = super().marshal()
+        if self._extra:
+            raw[3].update(self._extra)
+        return raw
+
     def json_payload(self) -> bytes | None:
         """The ``wamp.2.json`` bytes of this EVENT, built around the AMQP
         body as it arrived (already validated JSON), or None if the event
@@ -65,33 +70,13 @@ class NotifydEvent(message.Event):
         raw = self.raw
         if raw is None or self.kwargs:
             return None
-        details = self.marshal_details()
+        details = self.marshal()[3]
         return b"[36,%d,%d,%s,[%s]]" % (
             self.subscription,
             self.publication,
             _json_dumps(details, separators=(",", ":"), ensure_ascii=False).encode(),
             raw,
         )
-
-    def marshal_details(self) -> dict[str, Any]:
-        details: dict[str, Any] = {}
-        if self.publisher is not None:
-            details["publisher"] = self.publisher
-        if self.publisher_authid is not None:
-            details["publisher_authid"] = self.publisher_authid
-        if self.publisher_authrole is not None:
-            details["publisher_authrole"] = self.publisher_authrole
-        if self.topic is not None:
-            details["topic"] = self.topic
-        if self._extra:
-            details.update(self._extra)
-        return details
-
-    def marshal(self) -> list[Any]:
-        raw = super().marshal()
-        if self._extra:
-            raw[3].update(self._extra)
-        return raw
 
 
 def make_event(sub: Subscription, event: InboundEvent) -> NotifydEvent:

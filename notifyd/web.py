@@ -122,7 +122,11 @@ def make_site(ws_factory: Any, web_root: str | None, extra: dict[bytes, Resource
     is configured) the admin resources."""
     root: Resource = StaticFiles(web_root) if web_root else _NoPage()
     root.putChild(b"ws", _WebSocketResource(ws_factory))
-    for name, resource in extra.items():
+    return _site(root, extra)
+
+
+def _site(root: Resource, children: dict[bytes, Resource]) -> Site:
+    for name, resource in children.items():
         root.putChild(name, resource)
     site = Site(root)
     site.displayTracebacks = False
@@ -137,12 +141,7 @@ class _AdminRoot(Resource):
 
 def make_admin_site(extra: dict[bytes, Resource]) -> Site:
     """The private admin site (``--admin-listen``)."""
-    root = _AdminRoot()
-    for name, resource in extra.items():
-        root.putChild(name, resource)
-    site = Site(root)
-    site.displayTracebacks = False
-    return site
+    return _site(_AdminRoot(), extra)
 
 
 class ListenService(Service):

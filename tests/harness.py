@@ -109,25 +109,30 @@ class LineProcess(ProcessProtocol):
         return with_timeout(self.ended, TIMEOUT)
 
 
+def notifyd_args(amqp_url: str, exchange: str, port: int, *extra: str) -> list[str]:
+    """The ``twistd -n notifyd`` command line the tests run (anonymous on)."""
+    return [
+        str(BIN / "twistd"),
+        "-n",
+        "--pidfile=",
+        "notifyd",
+        "--amqp-url",
+        amqp_url,
+        "--exchange",
+        exchange,
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--allow-anonymous",
+        *extra,
+    ]
+
+
 class Notifyd(LineProcess):
     """``twistd -n notifyd`` in a child process."""
 
     def __init__(self, amqp_url: str, exchange: str, *extra: str, env: dict | None = None):
         super().__init__("notifyd")
-        self.args = [
-            str(BIN / "twistd"),
-            "-n",
-            "--pidfile=",
-            "notifyd",
-            "--amqp-url",
-            amqp_url,
-            "--exchange",
-            exchange,
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--allow-anonymous",
-            *extra,
-        ]
+        self.args = notifyd_args(amqp_url, exchange, 0, *extra)
         self.env = {**os.environ, **(env or {})}
         self.port: int | None = None
 

@@ -11,7 +11,7 @@ import subprocess
 import threading
 from typing import Any
 
-from tests.harness import BIN, ROOT
+from tests.harness import ROOT, notifyd_args
 
 
 def free_port() -> int:
@@ -22,20 +22,7 @@ def free_port() -> int:
 
 class SyncNotifyd:
     def __init__(self, amqp_url: str, exchange: str, port: int, *extra: str) -> None:
-        self.args = [
-            str(BIN / "twistd"),
-            "-n",
-            "--pidfile=",
-            "notifyd",
-            "--amqp-url",
-            amqp_url,
-            "--exchange",
-            exchange,
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--allow-anonymous",
-            *extra,
-        ]
+        self.args = notifyd_args(amqp_url, exchange, port, *extra)
         self.port = port
         self.lines: list[str] = []
         self._cond = threading.Condition()
