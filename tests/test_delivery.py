@@ -120,3 +120,20 @@ def test_autobahn_python_gets_exactly_its_events(spawn, publisher):
         if match != "exact":
             assert all(d.topic == PUBLISHED[v["seq"]] for v, d in events[tag])
     session.leave()
+
+
+@pytest_twisted.inlineCallbacks
+def test_autobahn_js_gets_specific_errors(spawn):
+    node = yield spawn.notifyd()
+    client = yield spawn.js(node.url, "msgpack")
+    r = yield client.subscribe("bad", "bad topic")
+    assert r["ev"] == "error" and r["error"] == "wamp.error.invalid_uri"
+    r = yield client.subscribe("star", "invoice.*", "exact")
+    assert r["ev"] == "error" and r["error"] == "wamp.error.invalid_uri"
+    client.send(
+        op="publish", tag="p", topic="invoice.sent", args=[1], options={"acknowledge": True}
+    )
+    r = yield client.wait_report(lambda r: r.get("tag") == "p")
+    assert r["ev"] == "error" and r["error"] == "wamp.error.not_authorized"
+    r = yield client.subscribe("ok", "invoice.sent")  # the session carries on
+    assert r["ev"] == "subscribed"
