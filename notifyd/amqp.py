@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from notifyd.bindings import Bindings
 from notifyd.events import BadEvent, Publication
 from notifyd.router import PublishRejected, PublishUnavailable
+from notifyd.streams import AckBatcher
 
 
 class _QueueBinder:
@@ -67,6 +68,23 @@ class _ConnectionFactory(Factory):
         return proto
 
 
+class _RotatingEndpoint:
+    """Connects to the next of several RabbitMQ nodes on every attempt, so
+    ClientService's retries walk through the cluster."""
+
+    def __init__(self, targets: list[tuple[Any, pika.URLParameters]]) -> None:
+        self._targets = targets
+        self._next = 0
+        self.current: pika.URLParameters = targets[0][1]
+
+    def connect(self, factory: _ConnectionFactory) -> Deferred[Any]:
+        endpoint, params = self._targets[self._next % len(self._targets)]
+        self._next += 1
+        self.current = params
+        factory.params = params
+        return endpoint.connect(factory)
+
+
 def endpoint_for(reactor: Any, url: str) -> tuple[Any, pika.URLParameters]:
     """The Twisted client endpoint and pika parameters for an AMQP URL."""
     params = pika.URLParameters(url)
@@ -83,7 +101,7 @@ class AMQPService(Service):
 
     def __init__(
         self,
-        url: str,
+        url: str | list[str],
         exchange: str,
         bindings: Bindings,
         deliver: Callable[[str, Any, bytes], Any],
@@ -100,7 +118,8 @@ class AMQPService(Service):
 
             reactor = _reactor
         self._reactor = reactor
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self.history: Any = None
         self.exchange = exchange
         self.exchange_passive = exchange_passive
         self.prefetch = prefetch
@@ -111,9 +130,7 @@ class AMQPService(Service):
         self._max_retry_delay = max_retry_delay
         self._client: ClientService | None = None
         self._consumer: tuple[Any, str] | None = None
-        self.acked = 0
-        self._ack_upto: tuple[Any, int] | None = None
-        self._ack_call: Any = None
+        self._acks = AckBatcher(reactor)
         self._conn: TwistedProtocolConnection | None = None
         self._publish_channel: Any = None
         self.queue: str | None = None
@@ -124,10 +141,10 @@ class AMQPService(Service):
     # -- Service ---------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
-        endpoint, params = endpoint_for(self._reactor, self.url)
-        factory = _ConnectionFactory(params)
+        self._endpoint = _RotatingEndpoint([endpoint_for(self._reactor, u) for u in self.urls])
+        factory = _ConnectionFactory(self._endpoint.current)
         self._client = ClientService(
-            endpoint,
+            self._endpoint,
             factory,
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=self._max_retry_delay),
             clock=self._reactor,
@@ -135,9 +152,8 @@ class AMQPService(Service):
         )
         self._client.startService()
         self._log.info(
-            "connecting to RabbitMQ at {host}:{port}",
-            host=params.host,
-            port=params.port,
+            "connecting to RabbitMQ at {nodes}",
+            nodes=", ".join(f"{p.host}:{p.port}" for _, p in self._endpoint._targets),
         )
 
     @inlineCallbacks
@@ -155,7 +171,7 @@ class AMQPService(Service):
             return
         try:
             yield channel.basic_cancel(tag).addTimeout(timeout, self._reactor)
-            self._flush_acks()
+            self._acks.flush()
             self._log.info("AMQP consumer cancelled after {n} acked deliveries", n=self.acked)
         except Exception as e:
             self._log.warn("cancelling the AMQP consumer failed: {e}", e=e)
@@ -164,7 +180,7 @@ class AMQPService(Service):
     def stopService(self) -> Any:
         super().stopService()
         self.ready = False
-        self._flush_acks()
+        self._acks.flush()
         conn = self._conn
         if conn is not None and conn.is_open:
             try:
@@ -196,10 +212,14 @@ class AMQPService(Service):
             yield channel.basic_qos(prefetch_count=self.prefetch)
             publish_channel = yield conn.channel()
             yield publish_channel.confirm_delivery()
+            if self.history is not None:
+                yield self.history.attach(conn, channel, publish_channel, self.exchange)
             yield self.bindings.attach(_QueueBinder(channel, queue, self.exchange))
             consumer, tag = yield channel.basic_consume(queue=queue, auto_ack=False)
         except Exception:
             self.bindings.detach()
+            if self.history is not None:
+                self.history.detach()
             self._log.failure("RabbitMQ set-up failed; retrying")
             conn.transport.loseConnection()
             raise
@@ -214,9 +234,12 @@ class AMQPService(Service):
             self.reconnects += 1
         self._connected_once = True
         self.ready = True
+        params = self._endpoint.current
         self._log.info(
-            "notifyd ready: consuming queue {queue} bound to exchange {exchange} "
-            "({n} binding keys)",
+            "notifyd ready on {host}:{port}: consuming queue {queue} bound to exchange "
+            "{exchange} ({n} binding keys)",
+            host=params.host,
+            port=params.port,
             queue=queue,
             exchange=self.exchange,
             n=len(self.bindings.bound),
@@ -239,6 +262,8 @@ class AMQPService(Service):
         self._publish_channel = None
         self.ready = False
         self.bindings.detach()
+        if self.history is not None:
+            self.history.detach()
         if self.running:
             self._log.warn("lost the RabbitMQ connection ({reason}); reconnecting", reason=reason)
 
@@ -268,30 +293,18 @@ class AMQPService(Service):
                 continue
             if self._observe is not None:
                 self._observe(time.monotonic() - started)
-            self._ack_later(channel, tag)
+            self._acks.later(channel, tag)
+
+    @property
+    def acked(self) -> int:
+        """Deliveries acked (or about to be, this reactor turn)."""
+        return self._acks.count
 
     # Acks are batched: one basic.ack(multiple=True) per reactor turn covers
     # every delivery fanned out in that turn.  A reject first flushes the
     # pending acks, so "multiple" never covers a rejected delivery.
-    def _ack_later(self, channel: Any, tag: int) -> None:
-        self.acked += 1
-        self._ack_upto = (channel, tag)
-        if self._ack_call is None:
-            self._ack_call = self._reactor.callLater(0, self._flush_acks)
-
-    def _flush_acks(self) -> None:
-        self._ack_call = None
-        pending, self._ack_upto = self._ack_upto, None
-        if pending is not None:
-            channel, tag = pending
-            if channel.is_open:
-                channel.basic_ack(tag, multiple=True)
-
     def _reject(self, channel: Any, tag: int) -> None:
-        self._flush_acks()
-        if self._ack_call is not None and self._ack_call.active():
-            self._ack_call.cancel()
-        self._ack_call = None
+        self._acks.flush()
         if channel.is_open:
             channel.basic_reject(tag, requeue=False)
 

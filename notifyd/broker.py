@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from autobahn.util import id as random_id
@@ -67,6 +68,12 @@ class Subscription:
     pending: dict[int, Subscriber] = field(default_factory=dict)
     ready: bool = False
     parts: tuple[str, ...] = ()
+    created: str = field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
+    )
+    #: all its events are in the event log (no binding of this node's queue)
+    logged: bool = False
+    _bindings: Bindings | None = None
     _bound: Deferred[None] | None = None
     _waiters: list[Deferred[Subscription]] = field(default_factory=list)
 
@@ -84,8 +91,10 @@ class Broker:
         self,
         bindings: Bindings,
         new_id: Callable[[], int] = random_id,
+        history: Any = None,
     ) -> None:
         self.bindings = bindings
+        self.history = history
         self._new_id = new_id
         self._by_id: dict[int, Subscription] = {}
         self._by_key: dict[tuple[str, str], Subscription] = {}
@@ -94,10 +103,18 @@ class Broker:
         self._wildcard: dict[int, dict[str, Subscription]] = {}
         self._of_session: dict[int, dict[int, Subscription]] = {}
         bindings.on_detach.append(self._bindings_lost)
+        if history is not None:
+            history.bindings.on_detach.append(self._bindings_lost)
 
     # -- queries ---------------------------------------------------------
     def subscriptions(self) -> list[Subscription]:
         return list(self._by_id.values())
+
+    def get(self, subscription_id: int) -> Subscription | None:
+        return self._by_id.get(subscription_id)
+
+    def lookup(self, topic: str, match: str) -> Subscription | None:
+        return self._by_key.get((topic, match))
 
     def of_session(self, session_id: int) -> list[Subscription]:
         return list(self._of_session.get(session_id, {}).values())
@@ -120,10 +137,18 @@ class Broker:
         return found
 
     # -- subscribe / unsubscribe ----------------------------------------------
-    def subscribe(self, session: Subscriber, topic: str, match: str) -> Deferred[Subscription]:
+    def subscribe(
+        self,
+        session: Subscriber,
+        topic: str,
+        match: str,
+        stand_in: Subscriber | None = None,
+    ) -> Deferred[Subscription]:
         """Subscribe ``session``; fires with the subscription once it is live.
 
-        ``topic`` must already be validated for ``match``.
+        ``topic`` must already be validated for ``match``.  ``stand_in``, if
+        given, takes the session's place in the fan-out (a resuming session's
+        :class:`notifyd.history.Catchup`).
         """
         sub = self._by_key.get((topic, match))
         if sub is None:
@@ -133,7 +158,10 @@ class Broker:
         if sid in sub.subscribers and sub.ready:
             d.callback(sub)
             return d
-        if sid not in sub.subscribers:
+        if stand_in is not None:
+            sub.subscribers.pop(sid, None)
+            sub.pending[sid] = stand_in
+        elif sid not in sub.subscribers:
             sub.pending[sid] = session
         self._of_session.setdefault(sid, {})[sub.id] = sub
         if sub.ready:
@@ -161,11 +189,12 @@ class Broker:
         return len(subs)
 
     # -- fan-out -----------------------------------------------------------
-    def dispatch(self, event: InboundEvent) -> int:
-        """Send ``event`` to every entitled subscriber; return how many."""
+    def dispatch(self, event: InboundEvent, subs: list[Subscription] | None = None) -> int:
+        """Send ``event`` to every entitled subscriber; return how many.
+        ``subs``: ``match(event.topic)`` if the caller has it already."""
         delivered = 0
         filtered = event.filtered
-        for sub in self.match(event.topic):
+        for sub in self.match(event.topic) if subs is None else subs:
             msg = make_event(sub, event)
             if filtered:
                 for session in sub.subscribers.values():
@@ -194,7 +223,12 @@ class Broker:
         elif match == MATCH_WILDCARD:
             sub.parts = tuple(topic.split("."))
             self._wildcard.setdefault(len(sub.parts), {})[topic] = sub
-        sub._bound = self.bindings.acquire(sub.key)
+        bindings = self.bindings
+        if self.history is not None and self.history.covers(sub.key):
+            sub.logged = True
+            bindings = self.history.bindings
+        sub._bindings = bindings
+        sub._bound = bindings.acquire(sub.key)
         sub._bound.addCallbacks(lambda _: self._became_ready(sub), self._ignore_cancel)
         return sub
 
@@ -204,7 +238,7 @@ class Broker:
         for sub in self._by_id.values():
             if sub.ready:
                 sub.ready = False
-                sub._bound = self.bindings.wait(sub.key)
+                sub._bound = sub._bindings.wait(sub.key)
                 sub._bound.addCallbacks(
                     lambda _, sub=sub: self._became_ready(sub), self._ignore_cancel
                 )
@@ -261,4 +295,4 @@ class Broker:
         for d in sub._waiters:
             d.cancel()
         sub._waiters = []
-        self.bindings.release(sub.key)
+        sub._bindings.release(sub.key)

@@ -51,6 +51,27 @@ def _amqp_url(value: str) -> str:
     return value
 
 
+def _amqp_urls(values: list[str]) -> list[str]:
+    if not values:
+        raise ConfigError("needs at least one URL")
+    return [_amqp_url(v) for v in values]
+
+
+def _binding_keys(values: list[str]) -> list[str]:
+    for v in values:
+        if not re.fullmatch(r"(?:[^\s.#*]+|\*|#)(?:\.(?:[^\s.#*]+|\*|#))*", v):
+            raise ConfigError(
+                f"{v!r} is not an AMQP binding key such as 'invoice.#', 'account.*.sent' or '#'"
+            )
+    return values
+
+
+def _age(value: str) -> str:
+    if not re.fullmatch(r"\d+[YMDhms]", value):
+        raise ConfigError("must be a number and a unit: Y, M, D, h, m or s (e.g. '7D', '12h')")
+    return value
+
+
 def _exchange(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,255}", value):
         raise ConfigError("must be 1-255 characters of letters, digits, '-', '_', '.' or ':'")
@@ -181,10 +202,11 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "amqp_url",
-        str,
-        "amqp://guest:guest@127.0.0.1:5672/%2F",
-        "RabbitMQ URL (amqp:// or amqps://).",
-        _amqp_url,
+        list,
+        ["amqp://guest:guest@127.0.0.1:5672/%2F"],
+        "RabbitMQ URL (amqp:// or amqps://). Repeat it for the nodes of a cluster: "
+        "notifyd uses one and moves to the next when it fails.",
+        _amqp_urls,
     ),
     Setting("exchange", str, "events", "Topic exchange the events are published to.", _exchange),
     Setting(
@@ -409,6 +431,87 @@ SETTINGS: tuple[Setting, ...] = (
         5.0,
         "On stop, how long to wait for clients to answer GOODBYE before dropping them, in seconds.",
         _range(0, 600),
+    ),
+    Setting(
+        "history",
+        list,
+        [],
+        "AMQP binding key of the topics whose events are kept in the event log, a RabbitMQ "
+        "stream (repeatable; e.g. 'invoice.#', '#' for all). Enables resume, "
+        "wamp.subscription.get_events and retained events. Empty: no history.",
+        _binding_keys,
+    ),
+    Setting(
+        "history_stream",
+        str,
+        "notifyd.history",
+        "Name of the event-log stream queue (shared by every node of the deployment).",
+        _exchange,
+    ),
+    Setting(
+        "history_max_age",
+        str,
+        "7D",
+        "Keep logged events this long (RabbitMQ x-max-age: Y, M, D, h, m or s).",
+        _age,
+    ),
+    Setting(
+        "history_max_bytes",
+        int,
+        1_000_000_000,
+        "Keep at most this many bytes of logged events (x-max-length-bytes).",
+        _range(1, 2**62),
+    ),
+    Setting(
+        "history_segment_bytes",
+        int,
+        50_000_000,
+        "Size of one stream segment file; retention drops whole segments "
+        "(x-stream-max-segment-size-bytes).",
+        _range(1, 2**62),
+    ),
+    Setting(
+        "history_replicas",
+        int,
+        0,
+        "Replicas of the streams in a RabbitMQ cluster (x-initial-cluster-size; 0: "
+        "RabbitMQ's default, every node).",
+        _range(0, 64),
+    ),
+    Setting(
+        "retained_stream",
+        str,
+        "notifyd.retained",
+        "Name of the stream holding retained events (with history on).",
+        _exchange,
+    ),
+    Setting(
+        "retained_max_age",
+        str,
+        "30D",
+        "Keep retained events this long (x-max-age of the retained stream).",
+        _age,
+    ),
+    Setting(
+        "history_max_events",
+        int,
+        1000,
+        "Largest limit wamp.subscription.get_events answers.",
+        _range(1, 1_000_000),
+    ),
+    Setting(
+        "history_scan_limit",
+        int,
+        100_000,
+        "Most log entries one get_events call reads looking for its subscription's events.",
+        _range(1, 100_000_000),
+    ),
+    Setting(
+        "history_readers",
+        int,
+        8,
+        "Log replays (resumes, get_events) one node runs at once; more wait their turn.",
+        _range(1, 1000),
     ),
     Setting(
         "web_root",

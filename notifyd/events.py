@@ -51,11 +51,10 @@ than its headers allow.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from autobahn.util import id as random_id
 
 from notifyd.topics import InvalidTopic, validate_topic
 
@@ -72,6 +71,7 @@ HEADER_ELIGIBLE_AUTHID = "wamp-eligible-authid"
 HEADER_EXCLUDE_AUTHID = "wamp-exclude-authid"
 HEADER_ELIGIBLE_AUTHROLE = "wamp-eligible-authrole"
 HEADER_EXCLUDE_AUTHROLE = "wamp-exclude-authrole"
+HEADER_RETAIN = "wamp-retain"
 ELIGIBLE_EXTRA = "wamp-eligible-extra-"
 EXCLUDE_EXTRA = "wamp-exclude-extra-"
 PAYLOAD_ENVELOPE = "envelope"
@@ -79,6 +79,17 @@ PAYLOAD_ENVELOPE = "envelope"
 _JSON_TYPES = {None, "", "application/json"}
 _ENCODINGS = {None, "", "utf-8", "utf8", "identity"}
 _MAX_ID = 2**53
+
+
+#: random publication ids are drawn from [2**52, 2**53]: ids below are event
+#: log positions (see notifyd.history), so the two never collide
+RANDOM_ID_FLOOR = 2**52
+_random = random.SystemRandom()
+
+
+def publication_id() -> int:
+    """A random publication id for an event that is not in the event log."""
+    return _random.randint(RANDOM_ID_FLOOR, _MAX_ID)
 
 
 class BadEvent(ValueError):
@@ -118,6 +129,10 @@ class InboundEvent:
     eligible_extra: dict[str, frozenset[str]] | None = None
     exclude_extra: dict[str, frozenset[str]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: published with ``retain`` (kept as the topic's retained event)
+    retain: bool = False
+    #: delivered as a retained event (EVENT ``details.retained``)
+    retained: bool = False
     #: the UTF-8 JSON body, when EVENT.args is exactly [body]: the JSON
     #: serializer splices it into the frame instead of encoding it again
     raw: bytes | None = None
@@ -278,6 +293,7 @@ _HEADER_FIELDS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     HEADER_EXCLUDE_AUTHROLE: ("exclude_authrole", _strings),
     HEADER_PUBLISHER_AUTHID: ("publisher_authid", _string),
     HEADER_PUBLISHER_AUTHROLE: ("publisher_authrole", _string),
+    HEADER_RETAIN: ("retain", _flag),
 }
 
 
@@ -344,7 +360,7 @@ def decode_delivery(routing_key: str, properties: Any, body: bytes, max_size: in
         else:
             raise BadEvent("bad_header", f"unknown header {name} (wamp-* headers are reserved)")
     if not event.publication:
-        event.publication = random_id()
+        event.publication = publication_id()
 
     extra = event.extra
     message_id = getattr(properties, "message_id", None)
@@ -371,6 +387,15 @@ class Publication:
     headers: dict[str, Any]
 
 
+def _joined(name: str, values: list[str]) -> str:
+    # lists travel as comma-separated strings: RabbitMQ streams (3.9-3.12)
+    # drop array-valued headers, which would widen an event's audience
+    for v in values:
+        if not isinstance(v, str) or not v or "," in v:
+            raise PayloadError(f"{name} values must be non-empty strings without commas")
+    return ",".join(values)
+
+
 def encode_publication(
     topic: str,
     args: list[Any] | None,
@@ -388,6 +413,7 @@ def encode_publication(
     exclude_authid: list[str] | None = None,
     eligible_authrole: list[str] | None = None,
     exclude_authrole: list[str] | None = None,
+    retain: bool = False,
     max_size: int,
 ) -> Publication:
     """Encode a client PUBLISH the way :func:`decode_delivery` reads it back."""
@@ -409,11 +435,13 @@ def encode_publication(
         (HEADER_EXCLUDE_AUTHROLE, exclude_authrole),
     ):
         if values is not None:
-            headers[name] = list(values)
+            headers[name] = _joined(name, values)
+    if retain:
+        headers[HEADER_RETAIN] = True
     if eligible is not None:
-        headers[HEADER_ELIGIBLE] = list(eligible)
+        headers[HEADER_ELIGIBLE] = ",".join(str(int(v)) for v in eligible)
     if exclude:
-        headers[HEADER_EXCLUDE] = list(exclude)
+        headers[HEADER_EXCLUDE] = ",".join(str(int(v)) for v in exclude)
     if args is not None and len(args) == 1 and not kwargs:
         value: Any = args[0]
     else:

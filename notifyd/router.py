@@ -114,6 +114,9 @@ class Router:
         self.publisher = publisher
         self.sessions: dict[int, WampSession] = {}
         self.stats = Stats()
+        #: the event log (notifyd.history.History), if topics keep history
+        self.history: Any = None
+        self._logged: Any = None
 
     @property
     def realm(self) -> str:
@@ -134,8 +137,20 @@ class Router:
             self.broker.detach(session)
             self.stats.inc("sessions_closed")
 
+    def use_history(self, history: Any) -> None:
+        """Deliver the topics ``history`` logs from its stream, not the queue."""
+        self.history = history
+        self._logged = history.patterns.matches
+
     def on_delivery(self, routing_key: str, properties: Any, body: bytes) -> int:
-        """Fan one AMQP delivery out; raise :class:`BadEvent` to reject it."""
+        """Fan one AMQP delivery out; raise :class:`BadEvent` to reject it.
+
+        With history, topics the log keeps are skipped here: the log's
+        consumer delivers them (with their log position as publication id).
+        """
+        logged = self._logged
+        if logged is not None and logged(routing_key):
+            return 0
         try:
             event = decode_delivery(routing_key, properties, body, self.policy.max_message_size)
         except BadEvent as e:
@@ -143,5 +158,29 @@ class Router:
             raise
         self.stats.inc("events_received")
         n = self.broker.dispatch(event)
+        self.stats.inc("events_delivered", n)
+        return n
+
+    def on_log_entry(self, offset: int, msg: Any) -> int:
+        """Fan one event-log entry out (publication id: offset + 1)."""
+        topic = msg.method.routing_key
+        subs = self.broker.match(topic)
+        if not subs:
+            self.stats.inc("log_entries_skipped")
+            return 0
+        try:
+            event = decode_delivery(topic, msg.properties, msg.body, self.policy.max_message_size)
+        except BadEvent as e:
+            self.stats.inc(f"events_rejected_{e.reason}")
+            self._log.warn(
+                "skipped event-log entry {offset} on {key}: {reason}",
+                offset=offset,
+                key=topic,
+                reason=str(e),
+            )
+            return 0
+        event.publication = offset + 1
+        self.stats.inc("events_received")
+        n = self.broker.dispatch(event, subs)
         self.stats.inc("events_delivered", n)
         return n

@@ -39,7 +39,6 @@ import enum
 from typing import Any, Protocol
 
 from autobahn.util import generate_token
-from autobahn.util import id as random_id
 from autobahn.wamp import message
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -49,9 +48,16 @@ from notifyd import wamp
 from notifyd.auth import AuthFailed, Principal
 from notifyd.authz import Identity
 from notifyd.broker import NoSuchSubscription, Subscription
-from notifyd.events import PayloadError, encode_publication
+from notifyd.events import PayloadError, encode_publication, publication_id
+from notifyd.history import (
+    ERROR_HISTORY_UNAVAILABLE,
+    RETAINED_ID_BASE,
+    Catchup,
+    HistoryError,
+)
+from notifyd.meta import CallError, MetaApi
 from notifyd.router import PublishRejected, PublishUnavailable, Router
-from notifyd.topics import InvalidTopic, validate_pattern, validate_topic
+from notifyd.topics import InvalidTopic, binding_key, validate_pattern, validate_topic
 
 
 class Transport(Protocol):
@@ -65,6 +71,9 @@ class Transport(Protocol):
 
 
 CLOSE_AUTH_EXPIRED = "wamp.close.auth_expired"
+CLOSE_RESUME_FAILED = "notifyd.close.resume_failed"
+#: SUBSCRIBE option: replay the event log after this publication id first
+OPTION_RESUME_AFTER = "_resume_after"
 ERROR_TOO_MANY_SUBSCRIPTIONS = "notifyd.error.too_many_subscriptions"
 
 
@@ -90,6 +99,7 @@ class WampSession:
     """The router side of one WAMP session."""
 
     _log = Logger()
+    _meta = MetaApi()
 
     def __init__(self, router: Router, transport: Transport, peer: str = "") -> None:
         self.router = router
@@ -132,9 +142,10 @@ class WampSession:
             return
         if self.state is State.CLOSING and not isinstance(msg, (message.Goodbye, message.Abort)):
             return
-        if isinstance(msg, message.Publish):
+        if isinstance(msg, (message.Publish, message.Subscribe)):
+            # autobahn's classes drop options they do not know: read them raw
             options = raw[2] if raw and len(raw) > 2 and isinstance(raw[2], dict) else {}
-            self._on_publish(msg, options)
+            handler(msg, options)
         else:
             handler(msg)
 
@@ -299,7 +310,7 @@ class WampSession:
         self.transport.send(
             message.Welcome(
                 self.session_id,
-                {"broker": wamp.BROKER_FEATURES},
+                {"broker": wamp.broker_features(self.router.history is not None)},
                 realm=policy.realm,
                 authid=self.authid,
                 authrole=self.authrole,
@@ -323,7 +334,7 @@ class WampSession:
             self.transport.send(message.Goodbye(reason=wamp.CLOSE_GOODBYE_AND_OUT))
         self._close()
 
-    def _on_subscribe(self, msg: message.Subscribe) -> None:
+    def _on_subscribe(self, msg: message.Subscribe, options: dict[str, Any] | None = None) -> None:
         try:
             validate_pattern(msg.topic, msg.match or "exact")
         except InvalidTopic as e:
@@ -332,11 +343,10 @@ class WampSession:
         match = msg.match or "exact"
         held = self.router.broker.of_session(self.session_id)
         limit = self.router.policy.max_subscriptions
+        holds = any(s.topic == msg.topic and s.match == match for s in held)
         # SUBSCRIBEs still waiting for their binding count too, so a client
         # cannot pile up unanswered requests while RabbitMQ is away
-        if len(self._pending) >= limit or (
-            len(held) >= limit and not any(s.topic == msg.topic and s.match == match for s in held)
-        ):
+        if len(self._pending) >= limit or (len(held) >= limit and not holds):
             self._error(
                 msg.MESSAGE_TYPE,
                 msg.request,
@@ -344,7 +354,7 @@ class WampSession:
                 f"a session may hold at most {limit} subscriptions",
             )
             return
-        if not self.router.policy.authorizer.may_subscribe(self._identity(), msg.topic, match):
+        if not self.router.policy.authorizer.may_subscribe(self.identity(), msg.topic, match):
             self.router.stats.inc("subscribes_refused")
             self._error(
                 msg.MESSAGE_TYPE,
@@ -353,22 +363,105 @@ class WampSession:
                 f"{self.authrole!r} may not subscribe to {msg.topic!r} ({match})",
             )
             return
+        resume = (options or {}).get(OPTION_RESUME_AFTER)
+        if resume is not None and not holds:
+            self._subscribe_resuming(msg, match, resume)
+            return
         d = self.router.broker.subscribe(self, msg.topic, match)
         request = msg.request
+        history = self.router.history
+        retained = bool(msg.get_retained) and history is not None
 
         def subscribed(sub: Subscription) -> None:
             self._pending.discard(d)
             if self.state is State.OPEN:
                 self.transport.send(message.Subscribed(request, sub.id))
-
-        def failed(f: Failure) -> None:
-            self._pending.discard(d)
-            if not f.check(CancelledError):
-                self._log.failure("subscribe failed", f)
+                if retained:
+                    history.retained_for(self, sub).addCallbacks(
+                        self._send_retained, self._log_failure
+                    )
 
         if not d.called:
             self._pending.add(d)
-        d.addCallbacks(subscribed, failed)
+        d.addCallbacks(subscribed, self._subscribe_failed, errbackArgs=(d,))
+
+    def _subscribe_failed(self, f: Failure, d: Deferred[Any]) -> None:
+        self._pending.discard(d)
+        if not f.check(CancelledError):
+            self._log.failure("subscribe failed", f)
+
+    def _log_failure(self, f: Failure) -> None:
+        if not f.check(CancelledError):
+            self._log.failure("internal error", f)
+
+    def _send_retained(self, events: list[Any]) -> None:
+        if self.state is State.OPEN:
+            for event in events:
+                self.send_event(event)
+
+    def _subscribe_resuming(self, msg: message.Subscribe, match: str, after: Any) -> None:
+        """SUBSCRIBE with ``_resume_after``: replay the event log, then live."""
+        history = self.router.history
+        request = msg.request
+        if type(after) is not int or not 0 <= after < RETAINED_ID_BASE:
+            self._error(
+                msg.MESSAGE_TYPE,
+                request,
+                wamp.ERROR_INVALID_ARGUMENT,
+                f"{OPTION_RESUME_AFTER} must be a publication id from the event log",
+            )
+            return
+        if history is None or not history.covers(binding_key(msg.topic, match)):
+            self._error(
+                msg.MESSAGE_TYPE,
+                request,
+                ERROR_HISTORY_UNAVAILABLE,
+                "this router keeps no event history"
+                if history is None
+                else f"events of {msg.topic!r} ({match}) are not (all) kept in the event log",
+            )
+            return
+        catchup = Catchup(self, None, after)
+        d = self.router.broker.subscribe(self, msg.topic, match, stand_in=catchup)
+        answered: list[bool] = []
+
+        def ready(sub: Subscription) -> None:
+            if self.state is State.OPEN:
+                answered.append(True)
+                self.transport.send(message.Subscribed(request, sub.id))
+
+        def subscribed(sub: Subscription) -> Any:
+            self._pending.discard(d)
+            catchup.sub = sub
+            resumed = history.resume(catchup, sub, after, lambda: ready(sub))
+            resumed.addCallbacks(
+                lambda n: self.router.stats.inc("events_replayed", n),
+                failed,
+                errbackArgs=(sub,),
+            )
+
+        def failed(f: Failure, sub: Subscription) -> None:
+            if self.state is not State.OPEN:
+                return
+            if not f.check(HistoryError):
+                self._log.failure("resume failed", f)
+                f = Failure(HistoryError(ERROR_HISTORY_UNAVAILABLE, "the replay failed"))
+            e = f.value
+            if sub.subscribers.get(self.session_id) is catchup:
+                self.router.broker.unsubscribe(self, sub.id)
+            self.router.stats.inc("resumes_failed")
+            if answered:  # SUBSCRIBED is out: only a new session can be told
+                self.shutdown(CLOSE_RESUME_FAILED)
+                return
+            self.transport.send(
+                message.Error(
+                    msg.MESSAGE_TYPE, request, e.uri, args=[e.text], kwargs=e.details or None
+                )
+            )
+
+        if not d.called:
+            self._pending.add(d)
+        d.addCallbacks(subscribed, self._subscribe_failed, errbackArgs=(d,))
 
     def _on_unsubscribe(self, msg: message.Unsubscribe) -> None:
         try:
@@ -398,7 +491,7 @@ class WampSession:
             validate_topic(msg.topic)
         except InvalidTopic as e:
             return refuse(wamp.ERROR_INVALID_URI, str(e))
-        if not self.router.policy.authorizer.may_publish(self._identity(), msg.topic):
+        if not self.router.policy.authorizer.may_publish(self.identity(), msg.topic):
             return refuse(wamp.ERROR_NOT_AUTHORIZED, f"publishing to {msg.topic!r} is not allowed")
         if type(disclose_me) is not bool:
             return refuse(wamp.ERROR_INVALID_ARGUMENT, "disclose_me must be a boolean")
@@ -407,7 +500,7 @@ class WampSession:
         publisher = self.router.publisher
         if publisher is None:
             return refuse(wamp.ERROR_PUBLISH_UNAVAILABLE, "publishing is not configured")
-        publication = random_id()
+        publication = publication_id()
         try:
             pub = encode_publication(
                 msg.topic,
@@ -425,6 +518,7 @@ class WampSession:
                 exclude_authid=msg.exclude_authid,
                 eligible_authrole=msg.eligible_authrole,
                 exclude_authrole=msg.exclude_authrole,
+                retain=bool(msg.retain),
                 max_size=self.router.policy.max_message_size,
             )
         except PayloadError as e:
@@ -447,11 +541,35 @@ class WampSession:
         publisher.publish(pub).addCallbacks(done, failed)
 
     def _on_call(self, msg: message.Call) -> None:
-        self._error(
-            msg.MESSAGE_TYPE,
-            msg.request,
-            wamp.ERROR_NO_SUCH_PROCEDURE,
-            f"no procedure {msg.procedure!r}",
+        if msg.procedure not in self._meta:
+            self._error(
+                msg.MESSAGE_TYPE,
+                msg.request,
+                wamp.ERROR_NO_SUCH_PROCEDURE,
+                f"no procedure {msg.procedure!r}",
+            )
+            return
+        request = msg.request
+
+        def done(result: Any) -> None:
+            if self.state is State.OPEN:
+                self.transport.send(message.Result(request, args=[result]))
+
+        def failed(f: Failure) -> None:
+            if self.state is not State.OPEN:
+                return
+            if f.check(CallError, HistoryError):
+                e = f.value
+                uri, text, details = e.uri, e.text, e.details
+            else:
+                self._log.failure("{procedure} failed", f, procedure=msg.procedure)
+                uri, text, details = wamp.ERROR_RUNTIME_ERROR, "internal error", {}
+            self.transport.send(
+                message.Error(msg.MESSAGE_TYPE, request, uri, args=[text], kwargs=details or None)
+            )
+
+        self._meta.call(self, msg.procedure, msg.args or [], msg.kwargs or {}).addCallbacks(
+            done, failed
         )
 
     def _on_register(self, msg: message.Register) -> None:
@@ -478,7 +596,8 @@ class WampSession:
         if self.state is State.OPEN:
             self.transport.send(message.Error(request_type, request, uri, args=[text]))
 
-    def _identity(self) -> Identity:
+    def identity(self) -> Identity:
+        """Who this session is, for authorization."""
         return Identity(self.authid, self.authrole, self.authextra)
 
     def _detach(self) -> None:

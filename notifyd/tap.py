@@ -9,6 +9,7 @@ all sharing one :class:`~notifyd.router.Router`.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -29,9 +30,12 @@ from notifyd.auth import (
 from notifyd.authz import Authorizer, load_authz
 from notifyd.bindings import Bindings
 from notifyd.broker import Broker
+from notifyd.history import History, HistorySettings
 from notifyd.metrics import make_registry
 from notifyd.router import Policy, Router
+from notifyd.streams import StreamLog
 from notifyd.testee import make_testee_site
+from notifyd.topics import PatternSet
 from notifyd.web import ListenService, admin_resources, make_admin_site, make_site
 from notifyd.websocket import WampServerFactory
 
@@ -151,6 +155,39 @@ def make_policy(settings: configmod.Config) -> Policy:
     )
 
 
+def make_history(settings: configmod.Config, reactor: Any) -> History:
+    """The event log and the retained store, from the settings."""
+    arguments: dict[str, Any] = {
+        "x-queue-type": "stream",
+        "x-max-age": settings.history_max_age,
+        "x-max-length-bytes": settings.history_max_bytes,
+        "x-stream-max-segment-size-bytes": settings.history_segment_bytes,
+    }
+    if settings.history_replicas:
+        arguments["x-initial-cluster-size"] = settings.history_replicas
+    retained_arguments = dict(arguments, **{"x-max-age": settings.retained_max_age})
+    history: History
+    log = StreamLog(settings.history_stream, arguments, lambda o, m: None, reactor=reactor)
+    history = History(
+        HistorySettings(
+            patterns=PatternSet(settings.history),
+            max_message_size=settings.max_message_size,
+            max_events=settings.history_max_events,
+            scan_limit=settings.history_scan_limit,
+            readers=settings.history_readers,
+        ),
+        log,
+        StreamLog(
+            settings.retained_stream,
+            retained_arguments,
+            lambda o, m: history.on_retained_entry(o, m),
+            first_start="first",
+            reactor=reactor,
+        ),
+    )
+    return history
+
+
 class NotifydService(MultiService):
     """The whole node: AMQP service, router and listeners."""
 
@@ -163,7 +200,8 @@ class NotifydService(MultiService):
             from twisted.internet import reactor
         self._reactor = reactor
         self.bindings = Bindings()
-        self.broker = Broker(self.bindings)
+        self.history = make_history(settings, reactor) if settings.history else None
+        self.broker = Broker(self.bindings, history=self.history)
         self.router = Router(self.broker, make_policy(settings), clock=reactor)
         if self.router.policy.ticket is not None and not settings.jwt_audience:
             self._log.warn(
@@ -183,6 +221,10 @@ class NotifydService(MultiService):
             reactor=reactor,
         )
         self.router.publisher = self.amqp
+        if self.history is not None:
+            self.amqp.history = self.history
+            self.router.use_history(self.history)
+            self.history.log.on_entry = self._timed(self.router.on_log_entry)
         self.amqp.setServiceParent(self)
         self.ws_factory = WampServerFactory(
             self.router,
@@ -199,7 +241,11 @@ class NotifydService(MultiService):
             clock=reactor,
         )
         self.registry = make_registry(self)
-        admin = admin_resources(self.status, self.registry)
+        admin = admin_resources(
+            self.status,
+            self.registry,
+            self.history.position if self.history is not None else None,
+        )
         public = {} if settings.admin_listen else admin
         site = make_site(self.ws_factory, settings.web_root, public)
         self.listeners = []
@@ -220,6 +266,17 @@ class NotifydService(MultiService):
             listener.setServiceParent(self)
             self.listeners.append(listener)
 
+    def _timed(self, handler: Any) -> Any:
+        observe = self.router.stats.latency.observe
+        clock = time.monotonic
+
+        def timed(offset: int, msg: Any) -> None:
+            started = clock()
+            handler(offset, msg)
+            observe(clock() - started)
+
+        return timed
+
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
         # twistd asks the application for a log observer before it starts
@@ -234,6 +291,11 @@ class NotifydService(MultiService):
             "sessions": len(self.router.sessions),
             "subscriptions": len(self.broker.subscriptions()),
             "bindings": len(self.bindings.bound),
+            **(
+                {"history": "following" if self.history.log.ready else "waiting"}
+                if self.history is not None
+                else {}
+            ),
         }
 
     @inlineCallbacks

@@ -125,3 +125,87 @@ def amqp_matches(key: str, routing_key: str) -> bool:
         return (k[i] == "*" or k[i] == r[j]) and go(i + 1, j + 1)
 
     return go(0, 0)
+
+
+def _amqp_regex(key: str) -> str:
+    out = []
+    for word in key.split("."):
+        if word == "#":
+            out.append(r"(?:\.[^.]+)*")
+        elif word == "*":
+            out.append(r"\.[^.]+")
+        else:
+            out.append(r"\." + re.escape(word))
+    return "".join(out)
+
+
+def _closure(parts: list[str], states: set[int]) -> frozenset[int]:
+    todo = list(states)
+    seen = set(states)
+    while todo:
+        i = todo.pop()
+        if i < len(parts) and parts[i] == "#" and i + 1 not in seen:
+            seen.add(i + 1)
+            todo.append(i + 1)
+    return frozenset(seen)
+
+
+def _step(parts: list[str], states: frozenset[int], word: str) -> frozenset[int]:
+    nxt: set[int] = set()
+    for i in states:
+        if i == len(parts):
+            continue
+        p = parts[i]
+        if p == "#":
+            nxt.add(i)
+        elif p == "*" or p == word:
+            nxt.add(i + 1)
+    return _closure(parts, nxt)
+
+
+def amqp_contains(outer: str, inner: str) -> bool:
+    """Does binding key ``outer`` match every routing key ``inner`` matches?
+
+    Exact for non-empty routing keys, by exploring both patterns' automata
+    together over the literal words they name plus one word neither names.
+    """
+    h, b = outer.split("."), inner.split(".")
+    symbols = {w for w in h + b if w not in ("#", "*")} | {"\0"}
+    # states: (inner's states, outer's states, read at least one word?)
+    start = (_closure(b, {0}), _closure(h, {0}), False)
+    seen = {start}
+    todo = [start]
+    while todo:
+        bs, hs, some = todo.pop()
+        # topics have at least one word: the empty routing key does not count
+        if some and len(b) in bs and len(h) not in hs:
+            return False
+        for word in symbols:
+            nb = _step(b, bs, word)
+            if not nb:
+                continue
+            state = (nb, _step(h, hs, word), True)
+            if state not in seen:
+                seen.add(state)
+                todo.append(state)
+    return True
+
+
+class PatternSet:
+    """A set of AMQP binding keys (the topics that keep history)."""
+
+    def __init__(self, keys: list[str] | tuple[str, ...]) -> None:
+        self.keys = tuple(keys)
+        self._regex = re.compile("|".join(f"(?:{_amqp_regex(k)})" for k in keys) or r"(?!)")
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def matches(self, routing_key: str) -> bool:
+        """Does some key match this routing key?"""
+        return self._regex.fullmatch("." + routing_key) is not None
+
+    def covers(self, key: str) -> bool:
+        """Is every routing key binding key ``key`` receives matched by one
+        key of the set?  (Conservative for keys that need several of them.)"""
+        return any(amqp_contains(k, key) for k in self.keys)

@@ -29,6 +29,7 @@ ERROR_NO_AUTH_METHOD = "wamp.error.no_auth_method"
 ERROR_PROTOCOL_VIOLATION = "wamp.error.protocol_violation"
 ERROR_INVALID_ARGUMENT = "wamp.error.invalid_argument"
 ERROR_FEATURE_NOT_SUPPORTED = "wamp.error.feature_not_supported"
+ERROR_RUNTIME_ERROR = "wamp.error.runtime_error"
 CLOSE_GOODBYE_AND_OUT = "wamp.close.goodbye_and_out"
 CLOSE_SYSTEM_SHUTDOWN = "wamp.close.system_shutdown"
 # notifyd's own error URIs.
@@ -40,7 +41,24 @@ BROKER_FEATURES = RoleBrokerFeatures(
     publisher_exclusion=True,
     publisher_identification=True,
     subscriber_blackwhite_listing=True,
+    session_meta_api=True,
+    subscription_meta_api=True,
 )
+HISTORY_FEATURES = RoleBrokerFeatures(
+    pattern_based_subscription=True,
+    publisher_exclusion=True,
+    publisher_identification=True,
+    subscriber_blackwhite_listing=True,
+    session_meta_api=True,
+    subscription_meta_api=True,
+    event_history=True,
+    event_retention=True,
+)
+
+
+def broker_features(history: bool) -> RoleBrokerFeatures:
+    """What WELCOME announces: history and retention only with an event log."""
+    return HISTORY_FEATURES if history else BROKER_FEATURES
 
 
 class NotifydEvent(message.Event):
@@ -90,6 +108,7 @@ def make_event(sub: Subscription, event: InboundEvent) -> NotifydEvent:
         publisher_authid=event.publisher_authid if event.disclose_me else None,
         publisher_authrole=event.publisher_authrole if event.disclose_me else None,
         topic=event.topic if sub.match != "exact" else None,
+        retained=True if event.retained else None,
         extra=event.extra,
         raw=event.raw,
     )

@@ -27,7 +27,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 
 
@@ -91,6 +91,35 @@ class _Ready(Resource):
         return json.dumps(status).encode() + b"\n"
 
 
+class _Position(Resource):
+    """``GET /position``: the event log's newest publication id, for the
+    page-render handshake (see docs/history.md)."""
+
+    isLeaf = True
+
+    def __init__(self, position: Callable[[], Any]) -> None:
+        super().__init__()
+        self._position = position
+
+    def render_GET(self, request: Request) -> Any:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+
+        def done(position: int) -> None:
+            request.write(json.dumps({"position": position}).encode() + b"\n")
+            request.finish()
+
+        def failed(f: Any) -> None:
+            request.setResponseCode(503)
+            request.write(b'{"error": "the event log is not reachable"}\n')
+            request.finish()
+
+        d = self._position()
+        d.addCallbacks(done, failed)
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        return NOT_DONE_YET
+
+
 class _NoPage(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -110,11 +139,22 @@ class _WebSocketResource(WebSocketResource):
         return result
 
 
-def admin_resources(status: Callable[[], dict[str, Any]], registry: Any) -> dict[bytes, Resource]:
-    """``/healthz``, ``/readyz`` and ``/metrics``."""
+def admin_resources(
+    status: Callable[[], dict[str, Any]],
+    registry: Any,
+    position: Callable[[], Any] | None = None,
+) -> dict[bytes, Resource]:
+    """``/healthz``, ``/readyz``, ``/metrics`` and, with history, ``/position``."""
     from prometheus_client.twisted import MetricsResource
 
-    return {b"healthz": _Health(), b"readyz": _Ready(status), b"metrics": MetricsResource(registry)}
+    out: dict[bytes, Resource] = {
+        b"healthz": _Health(),
+        b"readyz": _Ready(status),
+        b"metrics": MetricsResource(registry),
+    }
+    if position is not None:
+        out[b"position"] = _Position(position)
+    return out
 
 
 def make_site(ws_factory: Any, web_root: str | None, extra: dict[bytes, Resource]) -> Site:
@@ -136,7 +176,7 @@ def _site(root: Resource, children: dict[bytes, Resource]) -> Site:
 class _AdminRoot(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"notifyd admin: /healthz /readyz /metrics\n"
+        return b"notifyd admin: /healthz /readyz /metrics /position\n"
 
 
 def make_admin_site(extra: dict[bytes, Resource]) -> Site:

@@ -204,11 +204,20 @@ class JsClient(LineProcess):
         return self._w.wait(check, timeout)
 
     @inlineCallbacks
-    def subscribe(self, tag: str, topic: str, match: str | None = None) -> Any:
-        self.send(op="subscribe", tag=tag, topic=topic, match=match)
+    def subscribe(
+        self, tag: str, topic: str, match: str | None = None, options: dict | None = None
+    ) -> Any:
+        self.send(op="subscribe", tag=tag, topic=topic, match=match, options=options)
         r = yield self.wait_report(
             lambda r: r.get("tag") == tag and r["ev"] in ("subscribed", "error")
         )
+        return r
+
+    @inlineCallbacks
+    def call(self, tag: str, procedure: str, *args: Any, **kwargs: Any) -> Any:
+        """CALL ``procedure``; the ``result`` or ``error`` report."""
+        self.send(op="call", tag=tag, procedure=procedure, args=list(args), kwargs=kwargs)
+        r = yield self.wait_report(lambda r: r.get("tag") == tag and r["ev"] in ("result", "error"))
         return r
 
     def events(self, tag: str | None = None) -> list[dict]:

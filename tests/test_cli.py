@@ -45,7 +45,7 @@ def test_options_to_overrides(monkeypatch):
         ]
     )
     assert o.overrides() == {
-        "amqp_url": "amqp://u:p@10.0.0.5:5673/v",
+        "amqp_url": ["amqp://u:p@10.0.0.5:5673/v"],
         "listen": ["tcp:9000:interface=127.0.0.1", "tcp:9001:interface=127.0.0.1"],
         "allow_publish": ["chat."],
         "allow_anonymous": True,

@@ -22,7 +22,7 @@ def test_defaults_are_safe():
     c = config.load(None, {}, {})
     assert c.allow_anonymous is False and c.allow_publish == []
     assert c.listen == ["tcp:8080:interface=127.0.0.1"]
-    assert c.amqp_url == "amqp://guest:guest@127.0.0.1:5672/%2F"
+    assert c.amqp_url == ["amqp://guest:guest@127.0.0.1:5672/%2F"]
     assert c.exchange == "events" and c.realm == "realm1"
 
 

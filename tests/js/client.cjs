@@ -4,11 +4,12 @@
 //
 // Reads one JSON command per line on stdin and reports one JSON line per
 // happening on stdout:
-//   {"op":"subscribe","tag":"a","topic":"invoice.","match":"prefix"}
+//   {"op":"subscribe","tag":"a","topic":"invoice.","match":"prefix","options":{"get_retained":true}}
+//   {"op":"call","tag":"c","procedure":"wamp.subscription.get_events","args":[1, 10]}
 //   {"op":"unsubscribe","tag":"a"}
 //   {"op":"publish","tag":"p","topic":"x.y","args":[1],"kwargs":{},"options":{"acknowledge":true}}
 //   {"op":"leave"}            (GOODBYE)   {"op":"exit"}
-// Reports: open, subscribed, unsubscribed, event, published, error, close.
+// Reports: open, subscribed, unsubscribed, event, published, result, error, close.
 "use strict";
 
 const WS = require("ws");
@@ -75,7 +76,7 @@ async function run(cmd) {
   const tag = cmd.tag;
   try {
     if (cmd.op === "subscribe") {
-      const options = cmd.match ? { match: cmd.match } : {};
+      const options = Object.assign(cmd.match ? { match: cmd.match } : {}, cmd.options || {});
       const sub = await session.subscribe(
         cmd.topic,
         (args, kwargs, details) => {
@@ -87,6 +88,7 @@ async function run(cmd) {
             topic: details.topic,
             publisher: details.publisher === undefined ? null : details.publisher,
             publication: details.publication,
+            retained: details.retained,
             received: Date.now() / 1000,
           });
         },
@@ -100,13 +102,17 @@ async function run(cmd) {
     } else if (cmd.op === "publish") {
       const res = await session.publish(cmd.topic, cmd.args || [], cmd.kwargs || {}, cmd.options || {});
       report({ ev: "published", tag, id: res ? res.id : null });
+    } else if (cmd.op === "call") {
+      const res = await session.call(cmd.procedure, cmd.args || [], cmd.kwargs || {});
+      report({ ev: "result", tag, value: plain(res) });
     } else if (cmd.op === "leave") {
       session.leave("wamp.close.normal", "bye");
     } else if (cmd.op === "exit") {
       process.exit(0);
     }
   } catch (err) {
-    report({ ev: "error", tag, error: err && err.error ? err.error : String(err), args: plain(err && err.args) });
+    report({ ev: "error", tag, error: err && err.error ? err.error : String(err), args: plain(err && err.args),
+             kwargs: plain(err && err.kwargs) });
   }
 }
 

@@ -1,0 +1,365 @@
+"""
+Event history: resume, ``get_events`` and retained events, on the stream log.
+
+Publication ids of logged events are stream offsets plus one, so they mean
+the same on every node.  (Events of topics without history keep random ids,
+drawn at or above :data:`RANDOM_ID_FLOOR`, so the two never meet.)
+
+*Resume.*  A SUBSCRIBE with the option ``_resume_after: X`` (X: the last
+publication id the client saw) puts a :class:`Catchup` in the subscription
+where the session would be.  It drops live events while a reader replays the
+log from X's successor; the replay ends once it reaches the live consumer's
+position, and from then on the Catchup passes live events with an id above
+the last one replayed.  The session therefore sees every event after X once,
+in order.  If the log no longer holds X's successor, the SUBSCRIBE fails with
+``notifyd.error.not_recovered`` and nothing is delivered.
+
+*Retained events* live in a second stream fed by a headers exchange (only
+messages with ``wamp-retain: true``); every node reads it from the start and
+keeps the newest retained event per topic, so a restart rebuilds the table
+from RabbitMQ.
+
+History and retained events go through the same checks as live events: the
+topic must match the subscription and the event's targeting headers must
+admit the session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import DeferredSemaphore, inlineCallbacks, succeed
+from twisted.logger import Logger
+
+from notifyd.bindings import Bindings
+from notifyd.events import HEADER_RETAIN, BadEvent, InboundEvent, decode_delivery
+from notifyd.streams import LogUnavailable, StreamLog
+from notifyd.topics import PatternSet, matches
+from notifyd.wamp import make_event
+
+if TYPE_CHECKING:
+    from notifyd.broker import Subscriber, Subscription
+
+#: retained events carry ids from this range (retained-stream offset + base)
+RETAINED_ID_BASE = 2**51
+
+ERROR_NOT_RECOVERED = "notifyd.error.not_recovered"
+ERROR_HISTORY_UNAVAILABLE = "notifyd.error.history_unavailable"
+
+
+class HistoryError(Exception):
+    """A history request that cannot be served; ``uri`` is the WAMP error."""
+
+    def __init__(self, uri: str, text: str, **details: Any) -> None:
+        super().__init__(text)
+        self.uri = uri
+        self.text = text
+        self.details = details
+
+
+class _LogBinder:
+    """Keys served by the log need no binding of their own."""
+
+    def bind(self, key: str) -> Any:
+        return succeed(None)
+
+    def unbind(self, key: str) -> Any:
+        return succeed(None)
+
+
+class Catchup:
+    """Stands in for a session in a subscription while it resumes."""
+
+    __slots__ = (
+        "session",
+        "sub",
+        "last",
+        "replaying",
+        "session_id",
+        "authid",
+        "authrole",
+        "authextra",
+    )
+
+    def __init__(self, session: Subscriber, sub: Subscription | None, last: int) -> None:
+        self.session = session
+        self.sub = sub
+        #: the newest publication id the session has (or had before resuming)
+        self.last = last
+        self.replaying = True
+        self.session_id = session.session_id
+        self.authid = session.authid
+        self.authrole = session.authrole
+        self.authextra = session.authextra
+
+    def send_event(self, event: Any) -> None:
+        """A live event: passed on only once the replay is over, and only if
+        the replay has not sent it already."""
+        if self.replaying or event.publication <= self.last:
+            return
+        self.session.send_event(event)
+        # from here on live events are all new: hand the slot back
+        sub = self.sub
+        if sub is not None and sub.subscribers.get(self.session_id) is self:
+            sub.subscribers[self.session_id] = self.session
+
+
+@dataclass
+class HistorySettings:
+    """What :class:`History` needs from the configuration."""
+
+    patterns: PatternSet
+    max_message_size: int
+    max_events: int = 1000
+    scan_limit: int = 100_000
+    readers: int = 8
+
+
+def _decode(offset: int, msg: Any, max_size: int, base: int = 1) -> InboundEvent | None:
+    try:
+        event = decode_delivery(msg.method.routing_key, msg.properties, msg.body, max_size)
+    except BadEvent:
+        return None
+    event.publication = offset + base
+    return event
+
+
+class History:
+    """Resume, history queries and retained events of one node."""
+
+    _log = Logger()
+
+    def __init__(self, settings: HistorySettings, log: StreamLog, retained: StreamLog) -> None:
+        self.settings = settings
+        self.patterns = settings.patterns
+        self.log = log
+        self.retained_log = retained
+        #: binding keys of subscriptions the log serves entirely: "bound"
+        #: while the log is followed, with no binding of this node's queue
+        self.bindings = Bindings()
+        #: topic -> newest retained event
+        self.retained: dict[str, InboundEvent] = {}
+        self._readers = DeferredSemaphore(settings.readers)
+
+    # -- connection life cycle (called by the AMQP service) ---------------------------
+    @inlineCallbacks
+    def attach(self, conn: Any, channel: Any, publish_channel: Any, exchange: str) -> Any:
+        """Declare the log and the retained store, and follow both."""
+        yield self.log.attach(
+            conn, channel, publish_channel, [(exchange, k, None) for k in self.patterns.keys]
+        )
+        retained_exchange = f"{exchange}.retained"
+        yield channel.exchange_declare(
+            exchange=retained_exchange, exchange_type="headers", durable=True
+        )
+        yield channel.exchange_bind(destination=retained_exchange, source=exchange, routing_key="#")
+        yield self.retained_log.attach(
+            conn,
+            channel,
+            publish_channel,
+            [(retained_exchange, "", {"x-match": "all", HEADER_RETAIN: True})],
+        )
+        yield self.bindings.attach(_LogBinder())
+
+    def detach(self) -> None:
+        """RabbitMQ is gone."""
+        self.log.detach()
+        self.retained_log.detach()
+        self.bindings.detach()
+
+    def covers(self, key: str) -> bool:
+        """Are all events a subscription with binding key ``key`` gets logged?"""
+        return self.patterns.covers(key)
+
+    def on_retained_entry(self, offset: int, msg: Any) -> None:
+        """The retained stream's live consumer: keep the newest per topic."""
+        event = _decode(offset, msg, self.settings.max_message_size, RETAINED_ID_BASE + 1)
+        if event is not None:
+            event.retained = True
+            self.retained[event.topic] = event
+
+    # -- positions -----------------------------------------------------------------
+    @inlineCallbacks
+    def position(self) -> Any:
+        """The publication id of the newest logged entry (0: empty log)."""
+        if not self.log.ready:
+            yield self.log.wait_ready()
+        tail = yield self.log.tail()
+        return tail + 1
+
+    # -- resume --------------------------------------------------------------------------
+    @inlineCallbacks
+    def resume(self, catchup: Catchup, sub: Subscription, after: int, on_ready: Any) -> Any:
+        """Replay the log after publication id ``after`` into ``catchup``.
+
+        ``on_ready()`` is called once the replay is known to be complete (so
+        SUBSCRIBED goes out before the first replayed EVENT); on failure a
+        :class:`HistoryError` is raised before ``on_ready`` was called.
+        """
+        try:
+            tail_id = yield self.position()
+        except LogUnavailable:
+            raise HistoryError(ERROR_HISTORY_UNAVAILABLE, "the event log is not reachable")
+        if after > tail_id:
+            raise HistoryError(
+                ERROR_NOT_RECOVERED,
+                f"publication {after} is not in the event log (newest is {tail_id})",
+                requested=after,
+                position=tail_id,
+            )
+        if after == tail_id:
+            catchup.last = after
+            catchup.replaying = False
+            on_ready()
+            return 0
+        yield self._readers.acquire()
+        try:
+            sent = 0
+            ready: list[bool] = []
+
+            def ready_once() -> None:
+                if not ready:
+                    ready.append(True)
+                    on_ready()
+
+            while True:
+                try:
+                    n = yield self._replay(catchup, sub, catchup.last, ready_once)
+                    return sent + n
+                except LogUnavailable:
+                    if not ready:
+                        raise HistoryError(
+                            ERROR_HISTORY_UNAVAILABLE, "the event log is not reachable"
+                        )
+                    # RabbitMQ went away mid-replay: go on where it stopped
+                    yield self.log.wait_ready()
+        finally:
+            self._readers.release()
+
+    @inlineCallbacks
+    def _replay(self, catchup: Catchup, sub: Subscription, after: int, on_ready: Any) -> Any:
+        start = after  # the offset of publication id after + 1
+        session = catchup.session
+        max_size = self.settings.max_message_size
+        state = {"first": True, "sent": 0, "gap": None}
+        log = self.log
+
+        def handle(offset: int, msg: Any) -> bool:
+            if sub.subscribers.get(catchup.session_id) is not catchup:
+                return True  # unsubscribed or gone meanwhile
+            if state["first"]:
+                state["first"] = False
+                if offset > start:
+                    state["gap"] = offset + 1
+                    return True
+                on_ready()
+            if msg is not None and matches(sub.topic, sub.match, msg.method.routing_key):
+                event = _decode(offset, msg, max_size)
+                if event is not None and (not event.filtered or event.receives(catchup)):
+                    session.send_event(make_event(sub, event))
+                    state["sent"] += 1
+            catchup.last = offset + 1
+            if log.live_pos is not None and offset >= log.live_pos:
+                catchup.replaying = False
+                return True
+            return False
+
+        yield log.read(start, handle)
+        if state["gap"] is not None:
+            raise HistoryError(
+                ERROR_NOT_RECOVERED,
+                f"events after publication {after} are no longer in the event log "
+                f"(the oldest kept is {state['gap']})",
+                requested=after,
+                first=state["gap"],
+                position=(log.live_pos or 0) + 1,
+            )
+        return state["sent"]
+
+    # -- get_events ------------------------------------------------------------------------
+    @inlineCallbacks
+    def get_events(self, session: Subscriber, sub: Subscription, limit: int) -> Any:
+        """Up to ``limit`` newest logged events of ``sub`` that ``session``
+        may see, oldest first, as dicts (``publication``, ``topic``,
+        ``timestamp``, ``args``, ``kwargs``)."""
+        limit = max(0, min(limit, self.settings.max_events))
+        if limit == 0:
+            return []
+        try:
+            tail_id = yield self.position()
+        except LogUnavailable:
+            raise HistoryError(ERROR_HISTORY_UNAVAILABLE, "the event log is not reachable")
+        yield self._readers.acquire()
+        try:
+            found: list[dict[str, Any]] = []
+            end = tail_id - 1  # newest offset
+            window = max(256, 4 * limit)
+            scanned = 0
+            while end >= 0 and len(found) < limit and scanned < self.settings.scan_limit:
+                start = max(0, end - window + 1)
+                batch, first = yield self._scan(session, sub, start, end)
+                found[:0] = batch
+                scanned += end - start + 1
+                if first is not None and first > start:
+                    break  # retention removed what lies before
+                end = start - 1
+                window *= 4
+            return found[-limit:]
+        finally:
+            self._readers.release()
+
+    @inlineCallbacks
+    def _scan(self, session: Subscriber, sub: Subscription, start: int, end: int) -> Any:
+        """The events of ``sub`` for ``session`` at offsets ``start..end``,
+        and the first offset the log had from ``start`` on."""
+        batch: list[dict[str, Any]] = []
+        first: list[int] = []
+        max_size = self.settings.max_message_size
+
+        def handle(offset: int, msg: Any) -> bool:
+            if not first:
+                first.append(offset)
+            if offset > end:
+                return True
+            if msg is not None and matches(sub.topic, sub.match, msg.method.routing_key):
+                event = _decode(offset, msg, max_size)
+                if event is not None and (not event.filtered or event.receives(session)):
+                    batch.append(_as_dict(event, sub))
+            return offset >= end
+
+        try:
+            yield self.log.read(start, handle)
+        except LogUnavailable:
+            raise HistoryError(ERROR_HISTORY_UNAVAILABLE, "the event log is not reachable")
+        return batch, first[0] if first else None
+
+    # -- retained ---------------------------------------------------------------------------
+    @inlineCallbacks
+    def retained_for(self, session: Subscriber, sub: Subscription) -> Any:
+        """The retained events ``session`` gets on subscribing to ``sub``."""
+        if not self.retained_log.ready:
+            yield self.retained_log.wait_ready()
+        if sub.match == "exact":
+            candidates = [self.retained.get(sub.topic)]
+        else:
+            candidates = [e for t, e in self.retained.items() if matches(sub.topic, sub.match, t)]
+        return [
+            make_event(sub, e)
+            for e in candidates
+            if e is not None and (not e.filtered or e.receives(session))
+        ]
+
+
+def _as_dict(event: InboundEvent, sub: Subscription) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "publication": event.publication,
+        "topic": event.topic,
+        "subscription": sub.id,
+        "args": event.args or [],
+        "kwargs": event.kwargs or {},
+    }
+    timestamp = event.extra.get("x_timestamp") if event.extra else None
+    if timestamp is not None:
+        out["timestamp"] = timestamp
+    return out

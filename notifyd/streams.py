@@ -1,0 +1,269 @@
+"""
+RabbitMQ streams over AMQP 0-9-1: the event log's network side.
+
+A :class:`StreamLog` owns one stream queue on the current AMQP connection:
+
+* it declares the stream (``x-queue-type: stream`` with the retention
+  arguments) and its bindings, on every (re)connect;
+* it runs one *live* consumer that hands every entry, in offset order, to a
+  callback.  After a reconnect the consumer resumes at the offset after the
+  last one it handled, so a broker restart or a failover to another cluster
+  node loses nothing and repeats nothing;
+* :meth:`StreamLog.read` runs a short-lived consumer from an offset, for
+  replays and history queries;
+* :meth:`StreamLog.tail` answers "what is the newest offset?".  Streams do
+  not tell an AMQP 0-9-1 client, so the log publishes a *marker* (a message
+  with the header ``x-notifyd-marker``, skipped by every reader) and waits
+  for its own live consumer to see it: the marker's offset is the tail.  A
+  node does this once per connection; afterwards the live consumer keeps the
+  tail up to date.
+
+Facts this relies on (RabbitMQ 3.9+): a stream consumer needs ``basic.qos``
+and manual acks (acks are credit, nothing is removed); ``x-stream-offset`` in
+``basic.consume`` arguments picks the start (``first``, ``next`` or an
+offset); delivery starts at the beginning of the chunk holding that offset,
+so a reader skips entries below it; every delivery carries its offset in the
+``x-stream-offset`` header.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pika
+from pika.exceptions import ChannelClosedByBroker
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.logger import Logger
+
+MARKER_HEADER = "x-notifyd-marker"
+OFFSET_HEADER = "x-stream-offset"
+
+
+class LogUnavailable(Exception):
+    """RabbitMQ (or the stream) is not reachable right now."""
+
+
+class AckBatcher:
+    """One ``basic.ack(multiple=True)`` per reactor turn for a channel."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._upto: tuple[Any, int] | None = None
+        self._call: Any = None
+        self.count = 0
+
+    def later(self, channel: Any, tag: int) -> None:
+        self.count += 1
+        self._upto = (channel, tag)
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        pending, self._upto = self._upto, None
+        if pending is not None:
+            channel, tag = pending
+            if channel.is_open:
+                channel.basic_ack(tag, multiple=True)
+
+
+Entry = Callable[[int, Any], Any]
+"""A log entry handler: ``(offset, message)`` where ``message`` has
+``method.routing_key``, ``properties`` and ``body``."""
+
+
+class StreamLog:
+    """One stream queue: declare, follow live, read ranges, find the tail."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        on_entry: Entry,
+        *,
+        first_start: str = "next",
+        prefetch: int = 512,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self._reactor = reactor
+        self.name = name
+        self.arguments = arguments
+        #: called with (offset, message) for every entry, in order
+        self.on_entry = on_entry
+        self._first_start = first_start
+        self.prefetch = prefetch
+        #: offset of the newest entry the live consumer has handled
+        self.live_pos: int | None = None
+        self._conn: Any = None
+        self._publish_channel: Any = None
+        self._probes: dict[str, Deferred[int]] = {}
+        self._acks = AckBatcher(reactor)
+        self.ready = False
+        self._waiting_ready: list[Deferred[None]] = []
+
+    # -- connection life cycle -------------------------------------------------
+    @inlineCallbacks
+    def attach(
+        self, conn: Any, channel: Any, publish_channel: Any, binds: list[tuple[str, str, Any]]
+    ) -> Any:
+        """Declare the stream and ``binds`` (exchange, key, arguments), start
+        the live consumer, and learn the tail.  Fires once following."""
+        yield self._declare(conn)
+        for exchange, key, arguments in binds:
+            yield channel.queue_bind(
+                queue=self.name, exchange=exchange, routing_key=key, arguments=arguments
+            )
+        live = yield conn.channel()
+        yield live.basic_qos(prefetch_count=self.prefetch)
+        start: Any = self._first_start if self.live_pos is None else self.live_pos + 1
+        queue, _tag = yield live.basic_consume(
+            queue=self.name, auto_ack=False, arguments={OFFSET_HEADER: start}
+        )
+        self._conn = conn
+        self._publish_channel = publish_channel
+        self._follow(live, queue)
+        if self.live_pos is None:
+            yield self.probe()
+        self.ready = True
+        waiting, self._waiting_ready = self._waiting_ready, []
+        for d in waiting:
+            d.callback(None)
+
+    @inlineCallbacks
+    def _declare(self, conn: Any) -> Any:
+        channel = yield conn.channel()
+        try:
+            yield channel.queue_declare(queue=self.name, durable=True, arguments=self.arguments)
+        except ChannelClosedByBroker as e:
+            if e.reply_code != 406:
+                raise
+            # the stream exists with other arguments (set by hand, or the
+            # retention settings changed): use it as it is
+            self._log.warn(
+                "stream {name} exists with other arguments than configured ({reason}); "
+                "using it as it is (change retention with a RabbitMQ policy)",
+                name=self.name,
+                reason=e.reply_text,
+            )
+            channel = yield conn.channel()
+            yield channel.queue_declare(queue=self.name, passive=True)
+        if channel.is_open:
+            channel.close()
+
+    def detach(self) -> None:
+        """The connection is gone: readers and probes fail, following stops."""
+        self._conn = None
+        self._publish_channel = None
+        self.ready = False
+        probes, self._probes = self._probes, {}
+        for d in probes.values():
+            d.errback(LogUnavailable())
+
+    def wait_ready(self) -> Deferred[None]:
+        """Fires once the log is followed and its tail is known."""
+        if self.ready:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._waiting_ready.remove(d))
+        self._waiting_ready.append(d)
+        return d
+
+    # -- following -------------------------------------------------------------------
+    @inlineCallbacks
+    def _follow(self, channel: Any, queue: Any) -> Any:
+        on_entry = self.on_entry
+        while True:
+            try:
+                msg = yield queue.get()
+            except Exception:
+                return
+            self._acks.later(channel, msg.method.delivery_tag)
+            headers = msg.properties.headers or {}
+            offset = headers.get(OFFSET_HEADER)
+            if offset is None or (self.live_pos is not None and offset <= self.live_pos):
+                continue
+            self.live_pos = offset
+            marker = headers.get(MARKER_HEADER)
+            if marker is not None:
+                d = self._probes.pop(marker.decode() if isinstance(marker, bytes) else marker, None)
+                if d is not None:
+                    d.callback(offset)
+                continue
+            try:
+                on_entry(offset, msg)
+            except Exception:
+                self._log.failure("internal error handling stream entry {offset}", offset=offset)
+
+    # -- queries ------------------------------------------------------------------------
+    def tail(self) -> Deferred[int]:
+        """The offset of the newest entry (a marker if need be)."""
+        if self.live_pos is not None:
+            return succeed(self.live_pos)
+        return self.probe()
+
+    def probe(self) -> Deferred[int]:
+        """Append a marker and fire with its offset once the live consumer saw it."""
+        channel = self._publish_channel
+        if channel is None or not channel.is_open:
+            return fail(LogUnavailable())
+        token = uuid.uuid4().hex
+        d: Deferred[int] = Deferred()
+        self._probes[token] = d
+        published = channel.basic_publish(
+            exchange="",
+            routing_key=self.name,
+            body=b"",
+            properties=pika.BasicProperties(headers={MARKER_HEADER: token}),
+        )
+
+        def failed(f: Any) -> None:
+            probe = self._probes.pop(token, None)
+            if probe is not None:
+                probe.errback(LogUnavailable())
+
+        published.addErrback(failed)
+        return d
+
+    @inlineCallbacks
+    def read(self, start: int, handler: Entry) -> Any:
+        """Hand entries from offset ``start`` on to ``handler`` until it
+        returns true.  Markers are skipped; the handler is also told the
+        first offset the stream actually has when that is above ``start``
+        (retention removed the rest): it sees that offset first."""
+        conn = self._conn
+        if conn is None:
+            raise LogUnavailable()
+        channel = yield conn.channel()
+        acks = AckBatcher(self._reactor)
+        try:
+            yield channel.basic_qos(prefetch_count=self.prefetch)
+            queue, _tag = yield channel.basic_consume(
+                queue=self.name, auto_ack=False, arguments={OFFSET_HEADER: start}
+            )
+            while True:
+                try:
+                    msg = yield queue.get()
+                except Exception:
+                    raise LogUnavailable()
+                acks.later(channel, msg.method.delivery_tag)
+                headers = msg.properties.headers or {}
+                offset = headers.get(OFFSET_HEADER, -1)
+                if offset < start:
+                    continue
+                if MARKER_HEADER in headers:
+                    msg = None
+                if handler(offset, msg):
+                    return
+        finally:
+            acks.flush()
+            if channel.is_open:
+                channel.close()

@@ -1,0 +1,275 @@
+"""Event history end to end: a real RabbitMQ stream, real notifyd nodes and
+Autobahn|JS clients.  Resume across nodes, after SIGKILL, beyond retention;
+get_events, get_retained and the meta API; targeting in history."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pika
+import pytest
+import pytest_twisted
+from twisted.internet import threads
+
+from tests.harness import unique
+
+TOPIC = "invoice.sent"
+
+
+def history_args(stream: str, *extra: str) -> list[str]:
+    return [
+        "--history",
+        "invoice.#",
+        "--history-stream",
+        stream,
+        "--retained-stream",
+        stream + ".retained",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def stream(rabbit: Any) -> Any:
+    """A fresh stream name per test; the streams are deleted afterwards."""
+    name = unique("history")
+    yield name
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+    ch = conn.channel()
+    for q in (name, name + ".retained"):
+        ch.queue_delete(q)
+    conn.close()
+
+
+def seqs(events: list[dict]) -> list[int]:
+    return [e["args"][0]["seq"] for e in events]
+
+
+def publish_seq(publisher: Any, start: int, n: int, topic: str = TOPIC, **kw: Any) -> Any:
+    def run() -> None:
+        for i in range(start, start + n):
+            publisher.publish(topic, {"seq": i}, **kw)
+
+    return threads.deferToThread(run)
+
+
+@pytest_twisted.inlineCallbacks
+def test_resume_on_the_other_node_after_an_abrupt_disconnect(spawn, publisher, stream):
+    a = yield spawn.notifyd(*history_args(stream))
+    b = yield spawn.notifyd(*history_args(stream))
+    client = yield spawn.js(a.url)
+    r = yield client.subscribe("s", TOPIC)
+    assert r["ev"] == "subscribed"
+    yield publish_seq(publisher, 0, 10)
+    yield client.wait_events("s", 10)
+    before = client.events("s")
+    assert seqs(before) == list(range(10))
+    last = before[-1]["publication"]
+    # ids are log positions: the same event has the same id on every node
+    assert last < 2**51
+    # network cut: the client process dies, its socket is simply gone
+    client.transport.signalProcess("KILL")
+    yield publish_seq(publisher, 10, 500)
+    again = yield spawn.js(b.url)
+    r = yield again.subscribe("s", TOPIC, options={"_resume_after": last})
+    assert r["ev"] == "subscribed", r
+    yield again.wait_events("s", 500)
+    yield publish_seq(publisher, 510, 5)
+    yield again.wait_events("s", 505)
+    got = again.events("s")
+    assert seqs(got) == list(range(10, 515))
+    ids = [e["publication"] for e in got]
+    assert ids == sorted(set(ids)) and ids[0] > last
+
+
+@pytest_twisted.inlineCallbacks
+def test_resume_after_sigkill_of_the_node(spawn, publisher, stream):
+    a = yield spawn.notifyd(*history_args(stream))
+    b = yield spawn.notifyd(*history_args(stream))
+    client = yield spawn.js(a.url)
+    yield client.subscribe("s", "invoice.", "prefix")
+    yield publish_seq(publisher, 0, 20)
+    yield client.wait_events("s", 20)
+    last = client.events("s")[-1]["publication"]
+    a.transport.signalProcess("KILL")
+    yield client.wait_report(lambda r: r["ev"] == "close")
+    yield publish_seq(publisher, 20, 200)
+    again = yield spawn.js(b.url)
+    r = yield again.subscribe("s", "invoice.", "prefix", options={"_resume_after": last})
+    assert r["ev"] == "subscribed", r
+    yield again.wait_events("s", 200)
+    assert seqs(again.events("s")) == list(range(20, 220))
+
+
+@pytest_twisted.inlineCallbacks
+def test_resume_with_nothing_missed_and_then_live(spawn, publisher, stream):
+    node = yield spawn.notifyd(*history_args(stream))
+    client = yield spawn.js(node.url)
+    yield client.subscribe("s", TOPIC)
+    yield publish_seq(publisher, 0, 3)
+    yield client.wait_events("s", 3)
+    last = client.events("s")[-1]["publication"]
+    again = yield spawn.js(node.url)
+    r = yield again.subscribe("s", TOPIC, options={"_resume_after": last})
+    assert r["ev"] == "subscribed", r
+    yield publish_seq(publisher, 3, 2)
+    yield again.wait_events("s", 2)
+    yield client.wait_events("s", 5)
+    assert seqs(again.events("s")) == [3, 4]
+
+
+@pytest_twisted.inlineCallbacks
+def test_resume_errors_are_explicit(spawn, publisher, stream):
+    node = yield spawn.notifyd(*history_args(stream))
+    client = yield spawn.js(node.url)
+    # a position the log never had
+    r = yield client.subscribe("far", TOPIC, options={"_resume_after": 2**40})
+    assert r["ev"] == "error" and r["error"] == "notifyd.error.not_recovered", r
+    assert r["kwargs"]["requested"] == 2**40
+    # topics outside the log cannot be resumed
+    r = yield client.subscribe("other", "client.created", options={"_resume_after": 1})
+    assert r["ev"] == "error" and r["error"] == "notifyd.error.history_unavailable", r
+    r = yield client.subscribe("bad", TOPIC, options={"_resume_after": "x"})
+    assert r["ev"] == "error" and r["error"] == "wamp.error.invalid_argument", r
+
+
+@pytest_twisted.inlineCallbacks
+def test_resume_from_before_retention_is_not_recovered(spawn, publisher, stream):
+    # tiny segments and a tiny size limit: RabbitMQ drops the oldest segments
+    node = yield spawn.notifyd(
+        *history_args(stream, "--history-segment-bytes", "2000", "--history-max-bytes", "4000")
+    )
+    client = yield spawn.js(node.url)
+    yield client.subscribe("s", TOPIC)
+    yield publish_seq(publisher, 0, 1)
+    yield client.wait_events("s", 1)
+    first = client.events("s")[0]["publication"]
+    yield publish_seq(publisher, 1, 300, topic="invoice.paid")
+    # retention is applied when a segment rolls over: wait until the log's
+    # first entry is past the event
+    got = None
+    for attempt in range(50):
+        yield publish_seq(publisher, 0, 20, topic="invoice.paid")
+        again = yield spawn.js(node.url)
+        r = yield again.subscribe("s", TOPIC, options={"_resume_after": first - 1})
+        yield again.exit()
+        if r["ev"] == "error":
+            got = r
+            break
+    assert got is not None, "retention never removed the first segment"
+    assert got["error"] == "notifyd.error.not_recovered"
+    assert got["kwargs"]["first"] > first
+
+
+@pytest_twisted.inlineCallbacks
+def test_get_events_and_meta_api_from_autobahn_js(spawn, publisher, stream):
+    node = yield spawn.notifyd(*history_args(stream))
+    client = yield spawn.js(node.url)
+    yield publish_seq(publisher, 0, 30)
+    r = yield client.subscribe("s", TOPIC)
+    sub = r["id"]
+    res = yield client.call("h", "wamp.subscription.get_events", sub, 10)
+    assert res["ev"] == "result", res
+    assert [e["args"][0]["seq"] for e in res["value"]] == list(range(20, 30))
+    assert all(e["topic"] == TOPIC for e in res["value"])
+    res = yield client.call("l", "wamp.subscription.lookup", TOPIC)
+    assert res["value"] == sub
+    res = yield client.call("m", "wamp.subscription.match", TOPIC)
+    assert res["value"] == [sub]
+    res = yield client.call("g", "wamp.subscription.get", sub)
+    assert res["value"]["uri"] == TOPIC and res["value"]["match"] == "exact"
+    res = yield client.call("ls", "wamp.subscription.list")
+    assert res["value"]["exact"] == [sub]
+    res = yield client.call("sub", "wamp.subscription.list_subscribers", sub)
+    assert res["value"] == [client.session]
+    res = yield client.call("cnt", "wamp.subscription.count_subscribers", sub)
+    assert res["value"] == 1
+    res = yield client.call("sc", "wamp.session.count")
+    assert res["value"] == 1
+    res = yield client.call("pos", "notifyd.history.position")
+    assert res["value"] >= 30
+    res = yield client.call("none", "wamp.subscription.get", 12345)
+    assert res["ev"] == "error" and res["error"] == "wamp.error.no_such_subscription"
+    res = yield client.call("nope", "com.example.add", 1, 2)
+    assert res["error"] == "wamp.error.no_such_procedure"
+
+
+@pytest_twisted.inlineCallbacks
+def test_retained_events_from_amqp_header_and_from_publish(spawn, publisher, stream):
+    node = yield spawn.notifyd(*history_args(stream), "--allow-publish", "invoice.")
+    publisher.publish("invoice.paid", {"seq": 1}, headers={"wamp-retain": True})
+    publisher.publish("invoice.paid", {"seq": 2}, headers={"wamp-retain": True})
+    publisher.publish("invoice.paid", {"seq": 3})  # not retained
+    client = yield spawn.js(node.url)
+    r = yield client.subscribe("s", "invoice.paid", options={"get_retained": True})
+    assert r["ev"] == "subscribed", r
+    yield client.wait_events("s", 1)
+    ev = client.events("s")[0]
+    assert ev["args"][0]["seq"] == 2 and ev["retained"] is True
+    # a client PUBLISH with retain=true replaces it
+    client.send(
+        op="publish",
+        tag="p",
+        topic="invoice.paid",
+        args=[{"seq": 4}],
+        options={"retain": True, "acknowledge": True},
+    )
+    yield client.wait_report(lambda r: r.get("tag") == "p" and r["ev"] == "published")
+    other = yield spawn.js(node.url)
+    yield other.subscribe("s", "invoice.", "prefix", options={"get_retained": True})
+    yield other.wait_events("s", 1)
+    assert other.events("s")[0]["args"][0]["seq"] == 4
+    # without get_retained nothing old is delivered
+    third = yield spawn.js(node.url)
+    yield third.subscribe("s", "invoice.paid")
+    yield publish_seq(publisher, 5, 1, topic="invoice.paid")
+    yield third.wait_events("s", 1)
+    assert seqs(third.events("s")) == [5]
+
+
+@pytest_twisted.inlineCallbacks
+def test_history_honours_targeting(spawn, publisher, stream):
+    node = yield spawn.notifyd(*history_args(stream))
+    alice = yield spawn.js(node.url)
+    yield alice.subscribe("s", TOPIC)
+    yield publish_seq(publisher, 0, 1)
+    yield alice.wait_events("s", 1)
+    last = alice.events("s")[0]["publication"]
+    # one event only for alice's session, one for everybody (lists travel as
+    # comma-separated strings: streams drop array headers, see docs/history.md)
+    publisher.publish(TOPIC, {"seq": 1}, headers={"wamp-eligible": str(alice.session)})
+    publisher.publish(TOPIC, {"seq": 2})
+    yield alice.wait_events("s", 3)
+    bob = yield spawn.js(node.url)
+    r = yield bob.subscribe("s", TOPIC, options={"_resume_after": last})
+    assert r["ev"] == "subscribed"
+    yield bob.wait_events("s", 1)
+    res = yield bob.call("h", "wamp.subscription.get_events", r["id"], 10)
+    assert [e["args"][0]["seq"] for e in res["value"]] == [0, 2]
+    res = yield alice.call("h", "wamp.subscription.get_events", r["id"], 10)
+    assert [e["args"][0]["seq"] for e in res["value"]] == [0, 1, 2]
+    # bob never saw seq 1, by replay or live
+    yield publish_seq(publisher, 3, 1)
+    yield bob.wait_events("s", 2)
+    assert seqs(bob.events("s")) == [2, 3]
+
+
+@pytest_twisted.inlineCallbacks
+def test_position_endpoint_for_the_page_render_handshake(spawn, publisher, stream):
+    node = yield spawn.notifyd(*history_args(stream))
+    yield publish_seq(publisher, 0, 5)
+
+    def get() -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/position", timeout=10) as r:
+            return json.load(r)
+
+    # the page is rendered with this position; events after it are not lost
+    position = (yield threads.deferToThread(get))["position"]
+    yield publish_seq(publisher, 5, 3)
+    client = yield spawn.js(node.url)
+    r = yield client.subscribe("s", TOPIC, options={"_resume_after": position})
+    assert r["ev"] == "subscribed", r
+    yield client.wait_events("s", 3)
+    # position may be taken before notifyd saw all of 0..4: then those come too
+    assert seqs(client.events("s"))[-3:] == [5, 6, 7]
