@@ -74,6 +74,11 @@ def spawn(rabbit: Node, exchange: str) -> Any:
             started.append(c)
             return c.start(expect_open)
 
+        def track(self, proc: Any) -> Any:
+            """Stop ``proc`` (a process protocol) after the test too."""
+            started.append(proc)
+            return proc
+
     yield Spawner()
     for proc in reversed(started):
         if not proc.ended.called:

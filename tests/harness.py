@@ -234,6 +234,21 @@ class JsClient(LineProcess):
         return with_timeout(self.ended)
 
 
+class Resilient(JsClient):
+    """``tests/js/resilient.cjs``: a web/notifyd.js client on Node."""
+
+    def start(self, *topics: str):
+        args = ["node", str(ROOT / "tests/js/resilient.cjs"), self.url, *topics]
+        reactor.spawnProcess(self, "node", args, env=dict(os.environ), path=str(ROOT))
+        return self.wait_report(lambda r: r["ev"] == "state" and r["state"] == "live")
+
+    def sessions(self) -> list[int]:
+        return [r["session"] for r in self.reports if r["ev"] == "state" and r["state"] == "live"]
+
+    def command(self, line: str) -> None:
+        self.transport.write(line.encode() + b"\n")
+
+
 class AmqpPublisher:
     """A plain pika publisher for tests (blocking; each call is quick)."""
 

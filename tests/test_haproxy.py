@@ -16,20 +16,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.threads import deferToThread
 
-from tests.harness import ROOT, JsClient, LineProcess
+from tests.harness import ROOT, LineProcess, Resilient
 from tests.sync_notifyd import free_port
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-
-
-class Resilient(JsClient):
-    def start(self, *topics: str):
-        args = ["node", str(ROOT / "tests/js/resilient.cjs"), self.url, *topics]
-        reactor.spawnProcess(self, "node", args, env=dict(os.environ), path=str(ROOT))
-        return self.wait_report(lambda r: r["ev"] == "state" and r["state"] == "live")
-
-    def sessions(self) -> list[int]:
-        return [r["session"] for r in self.reports if r["ev"] == "state" and r["state"] == "live"]
 
 
 def sessions_on(port: int) -> int:

@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from tests.harness import unique
+from tests.harness import Resilient, unique
 
 TOPIC = "invoice.sent"
 
@@ -149,7 +149,7 @@ def test_resume_from_before_retention_is_not_recovered(spawn, publisher, stream)
     # retention is applied when a segment rolls over: wait until the log's
     # first entry is past the event
     got = None
-    for attempt in range(50):
+    for _attempt in range(50):
         yield publish_seq(publisher, 0, 20, topic="invoice.paid")
         again = yield spawn.js(node.url)
         r = yield again.subscribe("s", TOPIC, options={"_resume_after": first - 1})
@@ -273,3 +273,35 @@ def test_position_endpoint_for_the_page_render_handshake(spawn, publisher, strea
     yield client.wait_events("s", 3)
     # position may be taken before notifyd saw all of 0..4: then those come too
     assert seqs(client.events("s"))[-3:] == [5, 6, 7]
+
+
+@pytest_twisted.inlineCallbacks
+def test_notifyd_js_resumes_by_itself_on_the_other_node(spawn, publisher, stream):
+    """notifyd.js on Node, given both nodes: a network cut, 500 events while
+    it is away, then it reconnects to the other node and resumes."""
+    a = yield spawn.notifyd(*history_args(stream))
+    b = yield spawn.notifyd(*history_args(stream))
+    client = spawn.track(Resilient(f"{a.url},{b.url}"))
+    yield client.start(TOPIC, "invoice.:prefix")
+    yield client.wait_report(lambda r: len(subscribed(client)) == 2)
+    yield publish_seq(publisher, 0, 10)
+    yield client.wait_report(lambda r: len(client.events()) >= 20)
+    client.command("cut")
+    yield client.wait_report(lambda r: r["ev"] == "state" and r["state"] == "reconnecting")
+    yield publish_seq(publisher, 10, 500)
+    client.command("go")
+    yield client.wait_report(lambda r: len(subscribed(client)) == 4)
+    yield publish_seq(publisher, 510, 5)
+    yield client.wait_report(lambda r: len(client.events()) >= 2 * 515)
+    again = subscribed(client)[2:]
+    assert {r["topic"] for r in again} == {TOPIC, "invoice."}
+    assert all(r["resumed"] for r in again), again
+    by_sub: dict[str, list[int]] = {}
+    for e in client.events():
+        by_sub.setdefault(e["sub"], []).append(e["args"][0]["seq"])
+    assert by_sub == {TOPIC: list(range(515)), "invoice.": list(range(515))}
+    assert not [r for r in client.reports if r["ev"] == "gap"]
+
+
+def subscribed(client: Any) -> list[dict]:
+    return [r for r in client.reports if r["ev"] == "subscribed"]

@@ -10,12 +10,20 @@
  *   </script>
  *
  * What it does:
- * - connects to ws(s)://<this page's host>/ws unless `url` is given;
+ * - connects to ws(s)://<this page's host>/ws unless `url` is given (a list
+ *   of URLs is tried in turn);
  * - keeps a list of wanted subscriptions and (re-)subscribes them every time
  *   a session opens, so a reconnect needs nothing from the app;
  * - reconnects with exponential backoff and jitter after any loss, including
  *   a router GOODBYE (wamp.close.system_shutdown) on which Autobahn|JS alone
  *   would give up;
+ * - resumes: when notifyd keeps an event log for a topic, a re-subscribe
+ *   after a reconnect asks for every event after the last one received
+ *   (SUBSCRIBE option `_resume_after`), so nothing published while the page
+ *   was offline is lost or repeated; if the log no longer reaches back that
+ *   far, a "gap" event says so (reload your state there).  `resumeAfter`
+ *   (the position your backend embedded in the page) covers the time
+ *   between page render and the first connect;
  * - reports the connection state: "connecting", "live", "reconnecting",
  *   "closed";
  * - renders events as accessible toasts (role="status", dismissable with the
@@ -37,6 +45,10 @@
   "use strict";
 
   var STATES = ["connecting", "live", "reconnecting", "closed"];
+  // publication ids below this are event-log positions (see docs/history.md)
+  var LOG_ID_LIMIT = Math.pow(2, 51);
+  var NOT_RECOVERED = "notifyd.error.not_recovered";
+  var NO_HISTORY = "notifyd.error.history_unavailable";
 
   function defaultUrl() {
     if (typeof location === "undefined") {
@@ -205,7 +217,11 @@
     }
     this._ab = ab;
     this.options = options;
-    this.url = options.url || defaultUrl();
+    // several URLs (nodes without a load balancer in front): each connect
+    // attempt takes the next one
+    this._urls = Array.isArray(options.url) ? options.url.slice() : [options.url || defaultUrl()];
+    this._urlIndex = 0;
+    this.url = this._urls[0];
     this.realm = options.realm || "realm1";
     var ser = options.serializers || [options.serializer || "json"];
     this._serializerNames = ser;
@@ -266,6 +282,8 @@
     this._setState(this._everLive ? "reconnecting" : "connecting");
     var opts = this.options;
     var ticket = opts.ticket;
+    this.url = this._urls[this._urlIndex % this._urls.length];
+    this._urlIndex += 1;
     var conn = new ab.Connection({
       url: this.url,
       realm: this.realm,
@@ -331,6 +349,12 @@
     if (!session) { return; }
     var opts = {};
     if (w.options.match && w.options.match !== "exact") { opts.match = w.options.match; }
+    var resume = w.noResume ? null : (w.last !== null ? w.last : w.resumeAfter);
+    if (resume !== null && resume !== undefined) {
+      opts._resume_after = resume;
+    } else if (w.options.retained && !w.gotRetained) {
+      opts.get_retained = true;
+    }
     session.subscribe(w.topic, function (args, kwargs, details) {
       self._deliver(w, args, kwargs, details);
     }, opts).then(function (sub) {
@@ -340,23 +364,59 @@
         return;
       }
       w.sub = sub;
-      self._emit("subscribed", { topic: w.topic, match: w.options.match || "exact", id: sub.id });
+      if (opts.get_retained) { w.gotRetained = true; }
+      self._emit("subscribed", {
+        topic: w.topic,
+        match: w.options.match || "exact",
+        id: sub.id,
+        resumed: opts._resume_after !== undefined,
+      });
     }, function (err) {
+      var uri = err && err.error ? err.error : String(err);
+      if (session === self._session && opts._resume_after !== undefined) {
+        if (uri === NO_HISTORY) {
+          // this topic keeps no history: plain subscriptions from now on
+          w.noResume = true;
+          self._subscribeOne(w);
+          return;
+        }
+        if (uri === NOT_RECOVERED) {
+          // the log no longer reaches back that far: say so, then go on from
+          // the newest position (so nothing later is missed as well)
+          var info = err.kwargs || {};
+          self._emit("gap", {
+            topic: w.topic,
+            subscription: w.handle,
+            requested: opts._resume_after,
+            first: info.first === undefined ? null : info.first,
+            position: info.position === undefined ? null : info.position,
+          });
+          w.last = null;
+          w.resumeAfter = typeof info.position === "number" ? info.position : null;
+          self._subscribeOne(w);
+          return;
+        }
+      }
       self._emit("error", {
         topic: w.topic,
-        error: err && err.error ? err.error : String(err),
+        error: uri,
         message: err && err.args ? err.args[0] : undefined,
       });
     });
   };
 
   Notifier.prototype._deliver = function (w, args, kwargs, details) {
+    var pub = details.publication;
+    if (!details.retained && typeof pub === "number" && pub < LOG_ID_LIMIT) {
+      w.last = pub; // a log position: where a resume starts
+    }
     var event = {
       topic: details.topic || w.topic,
       args: args || [],
       kwargs: kwargs || {},
       publication: details.publication,
       publisher: details.publisher,
+      retained: !!details.retained,
       subscription: w.handle,
       receivedAt: new Date(),
     };
@@ -380,16 +440,32 @@
   /**
    * Subscribe to a topic or pattern. Options: match ("exact" | "prefix" |
    * "wildcard"), render(event) → {title, body, level} | null, onEvent(event),
-   * toast (false to only get events). Returns a handle with unsubscribe().
+   * toast (false to only get events), retained (true: get the topic's
+   * retained event on the first subscribe), resumeAfter (a log position:
+   * deliver every event after it first; default: the connect option).
+   * Returns a handle with unsubscribe() and position() (the last log
+   * position received, or null).
    */
   Notifier.prototype.subscribe = function (topic, options) {
     var self = this;
     if (typeof options === "function") { options = { onEvent: options }; }
-    var w = { topic: topic, options: options || {}, sub: null, handle: null };
+    options = options || {};
+    var resumeAfter = options.resumeAfter !== undefined ? options.resumeAfter : this.options.resumeAfter;
+    var w = {
+      topic: topic,
+      options: options,
+      sub: null,
+      handle: null,
+      last: null,
+      resumeAfter: typeof resumeAfter === "number" ? resumeAfter : null,
+      noResume: options.resume === false,
+      gotRetained: false,
+    };
     w.handle = {
       topic: topic,
       match: w.options.match || "exact",
       unsubscribe: function () { return self._unsubscribe(w); },
+      position: function () { return w.last !== null ? w.last : w.resumeAfter; },
     };
     this._wanted.push(w);
     this._subscribeOne(w);

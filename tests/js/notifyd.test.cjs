@@ -20,7 +20,8 @@ function fakeAutobahn() {
       this.subscribes.push({ topic, options });
       const sub = { id: this.subscribes.length * 100 + this.id, topic };
       this.handlers[topic] = handler;
-      return Promise.resolve(sub);
+      const fail = this.failures && this.failures.shift();
+      return fail ? Promise.reject(fail) : Promise.resolve(sub);
     }
     unsubscribe(sub) {
       this.unsubscribes.push(sub.topic);
@@ -205,3 +206,68 @@ test("a ticket function is asked on every connect", async (t) => {
   assert.throws(() => ab.connections[1].options.onchallenge(null, "wampcra", {}));
   assert.equal(n.state, "connecting");
 });
+
+test("resumes after the last log position, and reports a gap it cannot fill", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const ab = fakeAutobahn();
+  const n = connect(ab, { url: ["ws://a.test/ws", "ws://b.test/ws"], resumeAfter: 40 });
+  const gaps = [];
+  n.on("gap", (g) => gaps.push(g));
+  const h = n.subscribe("invoice.sent");
+  const s1 = ab.connections[0].join(1);
+  await settle();
+  // the page-render position is where the first subscribe starts
+  assert.deepEqual(s1.subscribes[0].options, { _resume_after: 40 });
+  s1.handlers["invoice.sent"]([1], {}, { publication: 41 });
+  s1.handlers["invoice.sent"]([2], {}, { publication: 42 });
+  // retained events and random (non-log) ids are not positions
+  s1.handlers["invoice.sent"]([0], {}, { publication: 2 ** 51 + 5, retained: true });
+  s1.handlers["invoice.sent"]([3], {}, { publication: 2 ** 52 + 9 });
+  assert.equal(h.position(), 42);
+
+  ab.connections[0].lose();
+  t.mock.timers.tick(1000);
+  assert.equal(ab.connections[1].options.url, "ws://b.test/ws");
+  const s2 = ab.connections[1].join(2);
+  await settle();
+  assert.deepEqual(s2.subscribes[0].options, { _resume_after: 42 });
+
+  // next time the log no longer reaches back: a gap, then go on from the
+  // newest position so nothing after it is missed too
+  ab.connections[1].lose();
+  t.mock.timers.tick(2000);
+  const s3 = new (Object.getPrototypeOf(s2).constructor)(3);
+  s3.failures = [{ error: "notifyd.error.not_recovered", args: ["gone"],
+                   kwargs: { requested: 42, first: 90, position: 120 } }];
+  ab.connections[2].session = s3;
+  ab.connections[2].onopen(s3, {});
+  await settle();
+  await settle();
+  assert.deepEqual(gaps.map((g) => [g.topic, g.requested, g.first, g.position]),
+                   [["invoice.sent", 42, 90, 120]]);
+  assert.deepEqual(s3.subscribes.map((x) => x.options), [{ _resume_after: 42 }, { _resume_after: 120 }]);
+});
+
+test("falls back to plain subscriptions where the router keeps no history", async () => {
+  const ab = fakeAutobahn();
+  const n = connect(ab, { resumeAfter: 7 });
+  const errors = [];
+  n.on("error", (e) => errors.push(e));
+  n.subscribe("chat.room", { retained: true });
+  const conn = ab.connections[0];
+  conn.session = new (fakeSessionClass())(1);
+  conn.session.failures = [{ error: "notifyd.error.history_unavailable", args: ["no"] }];
+  conn.onopen(conn.session, {});
+  await settle();
+  await settle();
+  assert.deepEqual(conn.session.subscribes.map((x) => x.options),
+                   [{ _resume_after: 7 }, { get_retained: true }]);
+  assert.deepEqual(errors, []);
+});
+
+function fakeSessionClass() {
+  const probe = fakeAutobahn();
+  const c = new probe.Connection({});
+  c.onopen = () => {};
+  return Object.getPrototypeOf(c.join(0)).constructor;
+}
