@@ -90,7 +90,7 @@ demo: setup demo-kill
 	@mkdir -p $(RUN)
 	$(VENV)/bin/twistd --pidfile=$(RUN)/notifyd.pid --logfile=$(RUN)/notifyd.log notifyd \
 	  --amqp-url '$(AMQP_URL)' --listen tcp:$(DEMO_PORT):interface=127.0.0.1 \
-	  --allow-anonymous --allow-publish demo.
+	  --allow-anonymous --allow-publish demo. --history '#'
 	@$(PY) -m notifyd.devbroker wait-http http://127.0.0.1:$(DEMO_PORT)/readyz || \
 	  { echo "notifyd did not become ready; see $(RUN)/notifyd.log"; exit 1; }
 	@nohup $(VENV)/bin/notifyd-publish --amqp-url '$(AMQP_URL)' --demo --rate 0.5 \

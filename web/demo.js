@@ -90,6 +90,15 @@
     while (log.children.length > 200) { log.removeChild(log.lastChild); }
   });
 
+  notifier.on("gap", function (gap) {
+    // the event log no longer reached back to where this page left off
+    notifier.toast({
+      title: "Some events were missed",
+      body: gap.topic + ": events after #" + gap.requested + " are no longer kept; reload for the full picture",
+      level: "warning",
+    });
+  });
+
   notifier.on("error", function (err) {
     notifier.toast({ title: "Subscription refused", body: err.topic + ": " + err.error, level: "error" });
     removeSub(err.topic);
