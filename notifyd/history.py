@@ -245,7 +245,7 @@ class History:
         state = {"first": True, "sent": 0, "gap": None}
         log = self.log
 
-        def handle(offset: int, msg: Any) -> bool:
+        def handle(offset: int, msg: Any) -> Any:
             if sub.subscribers.get(catchup.session_id) is not catchup:
                 return True  # unsubscribed or gone meanwhile
             if state["first"]:
@@ -263,7 +263,9 @@ class History:
             if log.live_pos is not None and offset >= log.live_pos:
                 catchup.replaying = False
                 return True
-            return False
+            # a long replay goes at the pace of the client's socket
+            writable = getattr(session.transport, "writable", None)
+            return writable() if writable is not None else None
 
         yield log.read(start, handle)
         if state["gap"] is not None:

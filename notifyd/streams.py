@@ -236,7 +236,7 @@ class StreamLog:
     @inlineCallbacks
     def read(self, start: int, handler: Entry) -> Any:
         """Hand entries from offset ``start`` on to ``handler`` until it
-        returns true.  Markers are skipped; the handler is also told the
+        returns true (a Deferred: wait for it, then go on).  Markers are skipped; the handler is also told the
         first offset the stream actually has when that is above ``start``
         (retention removed the rest): it sees that offset first."""
         conn = self._conn
@@ -261,7 +261,10 @@ class StreamLog:
                     continue
                 if MARKER_HEADER in headers:
                     msg = None
-                if handler(offset, msg):
+                more = handler(offset, msg)
+                if isinstance(more, Deferred):
+                    yield more  # the handler's consumer is full: wait for it
+                elif more:
                     return
         finally:
             acks.flush()

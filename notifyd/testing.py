@@ -79,3 +79,93 @@ class FakePublisher:
             return fail(self.error)
         self.published.append(publication)
         return succeed(None)
+
+
+class FakeLog:
+    """An in-memory stand-in for :class:`notifyd.streams.StreamLog`.
+
+    ``append`` adds an entry and, with ``live=True``, hands it to
+    ``on_entry`` as the live consumer would.  ``read`` starts at the chunk
+    holding the requested offset (chunks of ``chunk`` entries, as RabbitMQ
+    does), skips nothing itself, and sees entries appended meanwhile.
+    ``truncate(n)`` drops the entries below offset ``n`` (retention).
+    """
+
+    def __init__(self, on_entry: Any = None, chunk: int = 4) -> None:
+        self.entries: list[Any] = []
+        self.first = 0
+        self.chunk = chunk
+        self.on_entry = on_entry
+        self.live_pos: int | None = None
+        self.ready = True
+        self.reads: list[int] = []
+
+    def append(
+        self,
+        routing_key: str,
+        value: Any,
+        headers: dict[str, Any] | None = None,
+        *,
+        live: bool = True,
+    ) -> int:
+        import json
+        from types import SimpleNamespace
+
+        offset = len(self.entries)
+        msg = SimpleNamespace(
+            method=SimpleNamespace(routing_key=routing_key),
+            properties=SimpleNamespace(
+                content_type="application/json",
+                content_encoding=None,
+                headers=dict(headers or {}, **{"x-stream-offset": offset}),
+                message_id=None,
+                timestamp=None,
+                type=None,
+                app_id=None,
+            ),
+            body=json.dumps(value).encode(),
+        )
+        self.entries.append(msg)
+        if live:
+            self.deliver_live()
+        return offset
+
+    def deliver_live(self) -> None:
+        """The live consumer catches up with everything appended."""
+        start = 0 if self.live_pos is None else self.live_pos + 1
+        for offset in range(start, len(self.entries)):
+            self.live_pos = offset
+            if self.on_entry is not None:
+                self.on_entry(offset, self.entries[offset])
+
+    def truncate(self, first: int) -> None:
+        self.first = first
+
+    def wait_ready(self) -> Deferred[None]:
+        return succeed(None)
+
+    def tail(self) -> Deferred[int]:
+        if self.live_pos is None:
+            # the real log appends a marker; an empty fake log has offset -1
+            return succeed(len(self.entries) - 1)
+        return succeed(self.live_pos)
+
+    def read(self, start: int, handler: Any) -> Deferred[None]:
+        from twisted.internet.defer import inlineCallbacks
+
+        self.reads.append(start)
+
+        @inlineCallbacks
+        def run() -> Any:
+            offset = max(self.first, start - start % self.chunk)
+            while offset < len(self.entries):
+                if offset >= start:
+                    more = handler(offset, self.entries[offset])
+                    if isinstance(more, Deferred):
+                        yield more
+                    elif more:
+                        return
+                offset += 1
+            raise AssertionError("read past the end of the log: nothing would ever arrive")
+
+        return run()

@@ -77,9 +77,11 @@ class _Pressure:
     def resumeProducing(self) -> None:
         self.proto.paused = False
         self.proto.backlog = 0
+        self.proto.drained()
 
     def stopProducing(self) -> None:
         self.proto.paused = False
+        self.proto.drained()
 
 
 class WampServerProtocol(WebSocketServerProtocol):
@@ -91,6 +93,7 @@ class WampServerProtocol(WebSocketServerProtocol):
     subprotocol: str = ""
     paused = False
     backlog = 0
+    _drain: list[Deferred[None]] | None = None
     _hello_timer: Any = None
     _slow = False
 
@@ -134,6 +137,23 @@ class WampServerProtocol(WebSocketServerProtocol):
             self._hello_timer.cancel()
         super().connectionLost(reason)
         self.factory.connection_gone(self)
+        self.drained()
+
+    def writable(self) -> Deferred[None] | None:
+        """None if the socket takes more now; else a Deferred that fires once
+        it does (or the connection is gone).  Replays pace themselves on it."""
+        if not self.paused:
+            return None
+        d: Deferred[None] = Deferred()
+        if self._drain is None:
+            self._drain = []
+        self._drain.append(d)
+        return d
+
+    def drained(self) -> None:
+        waiting, self._drain = self._drain, None
+        for d in waiting or ():
+            d.callback(None)
 
     def onOpen(self) -> None:
         # the opening handshake is over: drop its raw bytes (memory per idle

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from notifyd.topics import (
     InvalidTopic,
+    PatternSet,
+    amqp_contains,
     amqp_matches,
     binding_key,
     matches,
@@ -104,3 +108,22 @@ def test_the_binding_never_hides_a_wanted_event(pattern, topic):
     if match != "prefix":
         # exact and wildcard bindings are exact: nothing extra arrives
         assert matches(uri, match, topic) == amqp_matches(binding_key(uri, match), topic)
+
+
+_WORDS = st.sampled_from(["a", "b", "c", "*", "#"])
+_KEYS = st.lists(_WORDS, min_size=1, max_size=4).map(".".join)
+_ROUTING_KEYS = [
+    ".".join(t) for n in range(1, 7) for t in itertools.product(["a", "b", "c", "z"], repeat=n)
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(outer=_KEYS, inner=_KEYS)
+def test_amqp_contains_agrees_with_brute_force(outer, inner):
+    """Containment of binding keys (which subscriptions the event log serves
+    entirely), against every routing key of up to six words."""
+    keys = _ROUTING_KEYS
+    brute = all(amqp_matches(outer, k) for k in keys if amqp_matches(inner, k))
+    assert amqp_contains(outer, inner) == brute
+    patterns = PatternSet([outer])
+    assert [patterns.matches(k) for k in keys] == [amqp_matches(outer, k) for k in keys]

@@ -1,0 +1,199 @@
+"""Resume, get_events and retained events against an in-memory log (no
+reactor, no network): exactly-once hand-over from replay to live, gaps,
+targeting, pacing."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from autobahn.wamp import message, role
+from twisted.internet.defer import Deferred
+
+from notifyd.bindings import Bindings
+from notifyd.broker import Broker
+from notifyd.history import History, HistorySettings
+from notifyd.router import Policy, Router
+from notifyd.session import WampSession
+from notifyd.testing import FakeBinder, FakeLog, RecordingTransport
+from notifyd.topics import PatternSet
+
+
+def setup(patterns=("invoice.#",)):
+    ids = itertools.count(100)
+    bindings = Bindings()
+    bindings.attach(FakeBinder(auto=True))
+    log, retained = FakeLog(), FakeLog()
+    history = History(
+        HistorySettings(patterns=PatternSet(list(patterns)), max_message_size=1 << 20),
+        log,
+        retained,
+    )
+    history.bindings.attach(FakeBinder(auto=True))
+    retained.on_entry = history.on_retained_entry
+    broker = Broker(bindings, new_id=lambda: next(ids), history=history)
+    router = Router(broker, Policy(allow_anonymous=True))
+    router.use_history(history)
+    log.on_entry = router.on_log_entry
+    return router, log, retained
+
+
+def session(router):
+    t = RecordingTransport()
+    s = WampSession(router, t)
+    s.on_message(message.Hello("realm1", {"subscriber": role.RoleSubscriberFeatures()}))
+    return s, t
+
+
+def subscribe(s, topic, request=1, match=None, **options):
+    raw = [32, request, dict(options, **({"match": match} if match else {})), topic]
+    known = {k: v for k, v in raw[2].items() if not k.startswith("_")}
+    s.on_message(message.Subscribe.parse([32, request, known, topic]), raw)
+
+
+def seqs(t):
+    return [e.args[0]["seq"] for e in t.events]
+
+
+def test_log_positions_are_publication_ids_and_logged_subscriptions_need_no_binding():
+    router, log, _ = setup()
+    s, t = session(router)
+    subscribe(s, "invoice.sent")
+    sub = router.broker.subscriptions()[0]
+    assert sub.logged and router.broker.bindings.wanted == frozenset()
+    log.append("other.topic", {"seq": -1})
+    log.append("invoice.sent", {"seq": 0})
+    assert [e.publication for e in t.events] == [2] and seqs(t) == [0]
+    # the node queue path leaves logged topics to the log
+    assert router.on_delivery("invoice.sent", None, b"{}") == 0
+
+
+def test_resume_replays_what_was_missed_then_live_exactly_once():
+    router, log, _ = setup()
+    for i in range(10):
+        log.append("invoice.sent" if i % 2 == 0 else "invoice.paid", {"seq": i})
+    s, t = session(router)
+    # the client saw up to publication id 3 (offset 2, seq 2)
+    subscribe(s, "invoice.sent", _resume_after=3)
+    assert isinstance(t.sent[1], message.Subscribed)
+    assert seqs(t) == [4, 6, 8]
+    log.append("invoice.sent", {"seq": 10})
+    assert seqs(t) == [4, 6, 8, 10]
+    assert [e.publication for e in t.events] == [5, 7, 9, 11]
+
+
+def test_live_events_during_a_paced_replay_are_neither_lost_nor_doubled():
+    router, log, _ = setup()
+    for i in range(6):
+        log.append("invoice.sent", {"seq": i})
+    s, t = session(router)
+    gate: list[Deferred] = []
+
+    def writable():
+        d = Deferred()
+        gate.append(d)
+        return d
+
+    t.writable = writable  # the socket is full after every event
+    subscribe(s, "invoice.sent", _resume_after=2)
+    assert seqs(t) == [2]
+    # while the replay waits, new events arrive live
+    log.append("invoice.sent", {"seq": 6})
+    log.append("invoice.sent", {"seq": 7})
+    assert seqs(t) == [2]
+    while gate:
+        gate.pop(0).callback(None)
+    assert seqs(t) == [2, 3, 4, 5, 6, 7]
+    log.append("invoice.sent", {"seq": 8})
+    assert seqs(t) == list(range(2, 9))
+
+
+def test_resume_from_before_retention_is_an_explicit_error():
+    router, log, _ = setup()
+    for i in range(10):
+        log.append("invoice.sent", {"seq": i})
+    log.truncate(8)
+    s, t = session(router)
+    subscribe(s, "invoice.sent", _resume_after=2)
+    err = t.sent[-1]
+    assert isinstance(err, message.Error) and err.error == "notifyd.error.not_recovered"
+    assert err.kwargs["requested"] == 2 and err.kwargs["first"] == 9
+    assert err.kwargs["position"] == 10
+    assert t.events == [] and router.broker.subscriptions() == []
+
+
+def test_resume_at_the_tail_and_beyond_it():
+    router, log, _ = setup()
+    for i in range(3):
+        log.append("invoice.sent", {"seq": i})
+    s, t = session(router)
+    subscribe(s, "invoice.sent", _resume_after=3)
+    assert isinstance(t.sent[-1], message.Subscribed) and log.reads == []
+    log.append("invoice.sent", {"seq": 3})
+    assert seqs(t) == [3]
+    s2, t2 = session(router)
+    subscribe(s2, "invoice.sent", _resume_after=99)
+    assert t2.sent[-1].error == "notifyd.error.not_recovered"
+
+
+@pytest.mark.parametrize(
+    "topic, match, after, error",
+    [
+        ("client.created", None, 1, "notifyd.error.history_unavailable"),
+        ("inv", "prefix", 1, "notifyd.error.history_unavailable"),  # binds '#'
+        ("invoice.sent", None, -1, "wamp.error.invalid_argument"),
+        ("invoice.sent", None, True, "wamp.error.invalid_argument"),
+        ("invoice.sent", None, 2**51, "wamp.error.invalid_argument"),
+    ],
+)
+def test_resume_refusals(topic, match, after, error):
+    router, log, _ = setup()
+    s, t = session(router)
+    subscribe(s, topic, match=match, _resume_after=after)
+    assert t.sent[-1].error == error
+
+
+def test_replay_honours_targeting():
+    router, log, _ = setup()
+    s, t = session(router)
+    log.append("invoice.sent", {"seq": 0}, {"wamp-eligible": str(s.session_id + 1)})
+    log.append("invoice.sent", {"seq": 1}, {"wamp-eligible-authrole": "admin"})
+    log.append("invoice.sent", {"seq": 2}, {"wamp-exclude": str(s.session_id)})
+    log.append("invoice.sent", {"seq": 3}, {"wamp-eligible": str(s.session_id)})
+    subscribe(s, "invoice.sent", _resume_after=0)
+    assert seqs(t) == [3]
+
+
+def test_get_events_newest_first_window_oldest_first_order():
+    router, log, _ = setup()
+    router.history.settings.max_events = 50
+    for i in range(700):
+        log.append("invoice.sent" if i % 7 == 0 else "invoice.paid", {"seq": i})
+    s, t = session(router)
+    subscribe(s, "invoice.sent")
+    sub = router.broker.subscriptions()[0]
+    got = router.history.get_events(s, sub, 120).result
+    # 100 events exist; the limit is capped at max_events
+    want = [i for i in range(700) if i % 7 == 0][-50:]
+    assert [e["args"][0]["seq"] for e in got] == want
+    assert [e["publication"] for e in got] == [i + 1 for i in want]
+    # retention: nothing before the first kept entry, and no endless scan
+    log.truncate(690)
+    got = router.history.get_events(s, sub, 10).result
+    assert [e["args"][0]["seq"] for e in got] == [693]
+
+
+def test_retained_events_per_topic_with_targeting():
+    router, log, retained = setup()
+    retained.append("invoice.paid", {"seq": 1})
+    retained.append("invoice.paid", {"seq": 2})
+    retained.append("invoice.sent", {"seq": 3}, {"wamp-eligible-authrole": "admin"})
+    retained.append("client.created", {"seq": 4})
+    s, t = session(router)
+    subscribe(s, "invoice.", match="prefix", get_retained=True)
+    assert seqs(t) == [2]
+    assert t.events[0].retained is True and t.events[0].publication == 2**51 + 2
+    s2, t2 = session(router)
+    subscribe(s2, "client.created", get_retained=True)
+    subscribe(s2, "invoice.paid", request=2)
+    assert seqs(t2) == [4]
