@@ -8,7 +8,10 @@ the suite never starts three Erlang VMs)::
 The cluster lives in ``.rabbitmq/test-cluster``; node *i* listens for AMQP on
 56760 + 10*i (``NOTIFYD_TEST_CLUSTER_PORT`` overrides 56760).  A cluster that
 is already running is reused and left running; one started here is stopped
-at the end of the session.
+at the end of the session.  By hand (same nodes, default names)::
+
+    NOTIFYD_DEV_CLUSTER_DIR=.rabbitmq/test-cluster NOTIFYD_DEV_CLUSTER_PORT=56760 \
+        python3 -m notifyd.devbroker cluster start
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ def rabbit_cluster() -> Iterator[Cluster]:
     cluster = Cluster(
         base=ROOT / ".rabbitmq" / "test-cluster",
         first_port=int(os.environ.get("NOTIFYD_TEST_CLUSTER_PORT", "56760")),
-        prefix="notifyd-tcl",
     )
     started = [i for i, node in enumerate(cluster.nodes) if node.server_pid() is None]
     try:
