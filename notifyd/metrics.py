@@ -29,6 +29,12 @@ notifyd_auth_failures_total                counter
 notifyd_protocol_violations_total          counter
 notifyd_slow_consumer_disconnects_total    counter
 notifyd_connections_refused_total          counter reason (``origin``, ``limit``, ``limit_per_address``)
+notifyd_events_replayed_total              counter
+notifyd_resumes_failed_total               counter
+notifyd_log_entries_skipped_total          counter
+notifyd_history_position                   gauge  (with history: newest log position handled)
+notifyd_history_ready                      gauge
+notifyd_retained_topics                    gauge
 notifyd_delivery_latency_seconds           histogram  (AMQP delivery taken from the queue → written
                                                       to every subscriber's socket)
 =========================================  =====  ==================================
@@ -61,6 +67,15 @@ _PLAIN_COUNTERS = {
         "sessions aborted for protocol violations",
     ),
     "slow_consumers": ("notifyd_slow_consumer_disconnects", "connections dropped for not reading"),
+    "events_replayed": ("notifyd_events_replayed", "events sent by resumes (event-log replays)"),
+    "resumes_failed": (
+        "notifyd_resumes_failed",
+        "resumes refused or broken off (not_recovered, history_unavailable)",
+    ),
+    "log_entries_skipped": (
+        "notifyd_log_entries_skipped",
+        "event-log entries no subscription on this node wanted",
+    ),
 }
 _LABELLED = {
     "events_dropped_": ("notifyd_events_dropped", "events not delivered to a subscriber", "reason"),
@@ -130,6 +145,24 @@ class NotifydCollector(Collector):
         yield GaugeMetricFamily(
             "notifyd_amqp_ready", "1 while consuming from RabbitMQ", value=int(svc.amqp.ready)
         )
+
+        history = svc.history
+        if history is not None:
+            yield GaugeMetricFamily(
+                "notifyd_history_position",
+                "newest event-log position this node has handled (publication id)",
+                value=history.log.live_pos + 1 if history.log.live_pos is not None else 0,
+            )
+            yield GaugeMetricFamily(
+                "notifyd_history_ready",
+                "1 while the event log is followed",
+                value=int(history.log.ready),
+            )
+            yield GaugeMetricFamily(
+                "notifyd_retained_topics",
+                "topics with a retained event",
+                value=len(history.retained),
+            )
 
         for key, (name, doc) in _PLAIN_COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=counters.get(key, 0))

@@ -14,6 +14,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from tests.harness import Resilient, unique
+from tests.test_operations import m, metrics
 
 TOPIC = "invoice.sent"
 
@@ -81,6 +82,10 @@ def test_resume_on_the_other_node_after_an_abrupt_disconnect(spawn, publisher, s
     assert seqs(got) == list(range(10, 515))
     ids = [e["publication"] for e in got]
     assert ids == sorted(set(ids)) and ids[0] > last
+    values = yield threads.deferToThread(metrics, b.port)
+    assert m(values, "notifyd_events_replayed_total") == 500
+    assert m(values, "notifyd_history_ready") == 1
+    assert m(values, "notifyd_history_position") >= ids[-1]
 
 
 @pytest_twisted.inlineCallbacks
