@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import defer
 from twisted.internet.defer import DeferredSemaphore, inlineCallbacks, succeed
 from twisted.logger import Logger
 
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 RETAINED_ID_BASE = 2**51
 
 ERROR_NOT_RECOVERED = "notifyd.error.not_recovered"
+#: GOODBYE reason when a session may have missed logged events it cannot be
+#: given any more: reconnect and resume (which reports the gap)
+CLOSE_RESUME_FAILED = "notifyd.close.resume_failed"
 ERROR_HISTORY_UNAVAILABLE = "notifyd.error.history_unavailable"
 
 
@@ -114,6 +118,8 @@ class HistorySettings:
     max_events: int = 1000
     scan_limit: int = 100_000
     readers: int = 8
+    #: a replay whose client does not read for this long is given up
+    stall_timeout: float = 60.0
 
 
 def _decode(offset: int, msg: Any, max_size: int, base: int = 1) -> InboundEvent | None:
@@ -130,7 +136,13 @@ class History:
 
     _log = Logger()
 
-    def __init__(self, settings: HistorySettings, log: StreamLog, retained: StreamLog) -> None:
+    def __init__(
+        self,
+        settings: HistorySettings,
+        log: StreamLog,
+        retained: StreamLog,
+        clock: Any = None,
+    ) -> None:
         self.settings = settings
         self.patterns = settings.patterns
         self.log = log
@@ -141,6 +153,9 @@ class History:
         #: topic -> newest retained event
         self.retained: dict[str, InboundEvent] = {}
         self._readers = DeferredSemaphore(settings.readers)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
 
     # -- connection life cycle (called by the AMQP service) ---------------------------
     @inlineCallbacks
@@ -265,9 +280,18 @@ class History:
                 return True
             # a long replay goes at the pace of the client's socket
             writable = getattr(session.transport, "writable", None)
-            return writable() if writable is not None else None
+            waiting = writable() if writable is not None else None
+            if waiting is not None:
+                waiting.addTimeout(self.settings.stall_timeout, self._clock)
+            return waiting
 
-        yield log.read(start, handle)
+        try:
+            yield log.read(start, handle)
+        except defer.TimeoutError:
+            raise HistoryError(
+                ERROR_HISTORY_UNAVAILABLE,
+                f"the client read nothing for {self.settings.stall_timeout:g} s during its replay",
+            )
         if state["gap"] is not None:
             raise HistoryError(
                 ERROR_NOT_RECOVERED,

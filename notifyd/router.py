@@ -22,6 +22,7 @@ from notifyd.auth import CraAuthenticator, TicketAuthenticator
 from notifyd.authz import Authorizer
 from notifyd.broker import Broker
 from notifyd.events import BadEvent, Publication, decode_delivery
+from notifyd.history import CLOSE_RESUME_FAILED
 
 if TYPE_CHECKING:
     from notifyd.session import WampSession
@@ -141,6 +142,18 @@ class Router:
         """Deliver the topics ``history`` logs from its stream, not the queue."""
         self.history = history
         self._logged = history.patterns.matches
+        history.log.on_gap = self.log_gap
+
+    def log_gap(self, expected: int, got: int) -> None:
+        """Retention removed log entries before this node read them (it was
+        cut off from RabbitMQ for longer than the retention): its sessions
+        may have missed events.  Each subscribed session gets GOODBYE
+        ``notifyd.close.resume_failed``; on reconnect its resume reports the
+        gap to the client."""
+        self.stats.inc("log_gaps")
+        for session in list(self.sessions.values()):
+            if self.broker.of_session(session.session_id):
+                session.shutdown(CLOSE_RESUME_FAILED)
 
     def on_delivery(self, routing_key: str, properties: Any, body: bytes) -> int:
         """Fan one AMQP delivery out; raise :class:`BadEvent` to reject it.

@@ -50,6 +50,7 @@ from notifyd.authz import Identity
 from notifyd.broker import NoSuchSubscription, Subscription
 from notifyd.events import PayloadError, encode_publication, publication_id
 from notifyd.history import (
+    CLOSE_RESUME_FAILED,
     ERROR_HISTORY_UNAVAILABLE,
     RETAINED_ID_BASE,
     Catchup,
@@ -71,7 +72,6 @@ class Transport(Protocol):
 
 
 CLOSE_AUTH_EXPIRED = "wamp.close.auth_expired"
-CLOSE_RESUME_FAILED = "notifyd.close.resume_failed"
 #: SUBSCRIBE option: replay the event log after this publication id first
 OPTION_RESUME_AFTER = "_resume_after"
 ERROR_TOO_MANY_SUBSCRIPTIONS = "notifyd.error.too_many_subscriptions"

@@ -38,6 +38,7 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 MARKER_HEADER = "x-notifyd-marker"
+PROBE_TIMEOUT = 30.0
 OFFSET_HEADER = "x-stream-offset"
 
 
@@ -104,6 +105,10 @@ class StreamLog:
         self.prefetch = prefetch
         #: offset of the newest entry the live consumer has handled
         self.live_pos: int | None = None
+        #: called with (expected, got) when the live consumer, resuming after
+        #: a reconnect, finds that retention removed entries it had not seen
+        self.on_gap: Callable[[int, int], Any] | None = None
+        self._expect: int | None = None
         self._conn: Any = None
         self._publish_channel: Any = None
         self._probes: dict[str, Deferred[int]] = {}
@@ -126,6 +131,7 @@ class StreamLog:
         live = yield conn.channel()
         yield live.basic_qos(prefetch_count=self.prefetch)
         start: Any = self._first_start if self.live_pos is None else self.live_pos + 1
+        self._expect = None if self.live_pos is None else self.live_pos + 1
         queue, _tag = yield live.basic_consume(
             queue=self.name, auto_ack=False, arguments={OFFSET_HEADER: start}
         )
@@ -191,6 +197,17 @@ class StreamLog:
             offset = headers.get(OFFSET_HEADER)
             if offset is None or (self.live_pos is not None and offset <= self.live_pos):
                 continue
+            if self._expect is not None:
+                expected, self._expect = self._expect, None
+                if offset > expected and self.on_gap is not None:
+                    self._log.error(
+                        "stream {name}: entries {a}..{b} were removed by retention before "
+                        "this node read them",
+                        name=self.name,
+                        a=expected,
+                        b=offset - 1,
+                    )
+                    self.on_gap(expected, offset)
             self.live_pos = offset
             marker = headers.get(MARKER_HEADER)
             if marker is not None:
@@ -216,7 +233,7 @@ class StreamLog:
         if channel is None or not channel.is_open:
             return fail(LogUnavailable())
         token = uuid.uuid4().hex
-        d: Deferred[int] = Deferred()
+        d: Deferred[int] = Deferred(lambda _: self._probes.pop(token, None))
         self._probes[token] = d
         published = channel.basic_publish(
             exchange="",
@@ -231,7 +248,9 @@ class StreamLog:
                 probe.errback(LogUnavailable())
 
         published.addErrback(failed)
-        return d
+        # a marker that never comes back means the stream is not working
+        # (no leader in a cluster, say): fail, so the connection is retried
+        return d.addTimeout(PROBE_TIMEOUT, self._reactor)
 
     @inlineCallbacks
     def read(self, start: int, handler: Entry) -> Any:

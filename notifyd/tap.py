@@ -167,7 +167,13 @@ def make_history(settings: configmod.Config, reactor: Any) -> History:
         arguments["x-initial-cluster-size"] = settings.history_replicas
     retained_arguments = dict(arguments, **{"x-max-age": settings.retained_max_age})
     history: History
-    log = StreamLog(settings.history_stream, arguments, lambda o, m: None, reactor=reactor)
+    log = StreamLog(
+        settings.history_stream,
+        arguments,
+        lambda o, m: None,
+        prefetch=settings.prefetch,
+        reactor=reactor,
+    )
     history = History(
         HistorySettings(
             patterns=PatternSet(settings.history),
@@ -184,6 +190,7 @@ def make_history(settings: configmod.Config, reactor: Any) -> History:
             first_start="first",
             reactor=reactor,
         ),
+        clock=reactor,
     )
     return history
 

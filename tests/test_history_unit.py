@@ -8,7 +8,8 @@ import itertools
 
 import pytest
 from autobahn.wamp import message, role
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 
 from notifyd.bindings import Bindings
 from notifyd.broker import Broker
@@ -19,7 +20,7 @@ from notifyd.testing import FakeBinder, FakeLog, RecordingTransport
 from notifyd.topics import PatternSet
 
 
-def setup(patterns=("invoice.#",)):
+def setup(patterns=("invoice.#",), clock=None):
     ids = itertools.count(100)
     bindings = Bindings()
     bindings.attach(FakeBinder(auto=True))
@@ -28,6 +29,7 @@ def setup(patterns=("invoice.#",)):
         HistorySettings(patterns=PatternSet(list(patterns)), max_message_size=1 << 20),
         log,
         retained,
+        clock=clock,
     )
     history.bindings.attach(FakeBinder(auto=True))
     retained.on_entry = history.on_retained_entry
@@ -197,3 +199,85 @@ def test_retained_events_per_topic_with_targeting():
     subscribe(s2, "client.created", get_retained=True)
     subscribe(s2, "invoice.paid", request=2)
     assert seqs(t2) == [4]
+
+
+def test_a_replay_whose_client_stops_reading_is_given_up():
+    clock = Clock()
+    router, log, _ = setup(clock=clock)
+    for i in range(5):
+        log.append("invoice.sent", {"seq": i})
+    s, t = session(router)
+    t.writable = Deferred  # the socket stays full: never fires
+    subscribe(s, "invoice.sent", _resume_after=0)
+    assert seqs(t) == [0]
+    clock.advance(router.history.settings.stall_timeout + 1)
+    # SUBSCRIBED was out: the session is told with GOODBYE, its reader is free
+    assert isinstance(t.sent[-1], message.Goodbye)
+    assert t.sent[-1].reason == "notifyd.close.resume_failed"
+    assert router.broker.subscriptions() == []
+    assert router.history._readers.tokens == router.history.settings.readers
+
+
+def test_a_gap_in_the_live_log_closes_subscribed_sessions():
+    router, log, _ = setup()
+    s, t = session(router)
+    idle, t2 = session(router)
+    subscribe(s, "invoice.sent")
+    router.log_gap(10, 20)
+    assert t.sent[-1].reason == "notifyd.close.resume_failed"
+    assert not any(isinstance(m, message.Goodbye) for m in t2.sent)
+
+
+class _Queue:
+    """pika's consumer queue: get() fires with the next message."""
+
+    def __init__(self, msgs):
+        self.msgs = list(msgs)
+
+    def get(self):
+        if self.msgs:
+            return succeed(self.msgs.pop(0))
+        return Deferred()  # nothing more: wait forever
+
+
+class _Channel:
+    is_open = True
+
+    def __init__(self):
+        self.acks = []
+
+    def basic_ack(self, tag, multiple=False):
+        self.acks.append((tag, multiple))
+
+
+def _entry(offset, tag, marker=None):
+    from types import SimpleNamespace
+
+    headers = {"x-stream-offset": offset}
+    if marker:
+        headers["x-notifyd-marker"] = marker
+    return SimpleNamespace(
+        method=SimpleNamespace(routing_key="invoice.sent", delivery_tag=tag),
+        properties=SimpleNamespace(headers=headers),
+        body=b"{}",
+    )
+
+
+def test_stream_follower_skips_the_chunk_head_reports_gaps_and_answers_probes():
+    from notifyd.streams import StreamLog
+
+    clock = Clock()
+    seen, gaps = [], []
+    log = StreamLog("s", {}, lambda o, m: seen.append(o), reactor=clock)
+    log.on_gap = lambda a, b: gaps.append((a, b))
+    log.live_pos = 5
+    log._expect = 6
+    probe = Deferred()
+    log._probes["tok"] = probe
+    channel = _Channel()
+    # after a reconnect: the chunk holding 6 starts at 4, but 6..8 are gone
+    log._follow(channel, _Queue([_entry(4, 1), _entry(5, 2), _entry(9, 3), _entry(10, 4, "tok")]))
+    assert seen == [9] and gaps == [(6, 9)]
+    assert probe.result == 10 and log.live_pos == 10
+    clock.advance(0)
+    assert channel.acks == [(4, True)]  # every delivery acked, in one batch
