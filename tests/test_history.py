@@ -11,9 +11,14 @@ from typing import Any
 import pika
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+from autobahn.twisted.wamp import ApplicationSession
+from autobahn.twisted.websocket import WampWebSocketClientFactory
+from autobahn.wamp.types import ComponentConfig, SubscribeOptions
+from twisted.internet import reactor, threads
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from tests.harness import Resilient, unique
+from tests.harness import Resilient, unique, with_timeout
 from tests.test_operations import m, metrics
 
 TOPIC = "invoice.sent"
@@ -310,3 +315,48 @@ def test_notifyd_js_resumes_by_itself_on_the_other_node(spawn, publisher, stream
 
 def subscribed(client: Any) -> list[dict]:
     return [r for r in client.reports if r["ev"] == "subscribed"]
+
+
+class _PySession(ApplicationSession):
+    def __init__(self, config: ComponentConfig, joined: Deferred) -> None:
+        super().__init__(config)
+        self._joined = joined
+
+    def onJoin(self, details: Any) -> None:
+        self._joined.callback(self)
+
+
+@pytest_twisted.inlineCallbacks
+def test_autobahn_python_retained_get_events_and_meta(spawn, publisher, stream):
+    node = yield spawn.notifyd(*history_args(stream))
+    publisher.publish("invoice.paid", {"seq": 1}, headers={"wamp-retain": True})
+    yield publish_seq(publisher, 2, 5, topic="invoice.paid")
+    joined: Deferred = Deferred()
+    factory = WampWebSocketClientFactory(
+        lambda: _PySession(ComponentConfig("realm1"), joined), url=node.url
+    )
+    yield TCP4ClientEndpoint(reactor, "127.0.0.1", node.port).connect(factory)
+    session = yield with_timeout(joined)
+    got: list = []
+    retained: Deferred = Deferred()
+
+    def handler(value: Any, details: Any = None) -> None:
+        got.append((value["seq"], details.retained))
+        if not retained.called:
+            retained.callback(None)
+
+    sub = yield session.subscribe(
+        handler,
+        "invoice.",
+        options=SubscribeOptions(match="prefix", get_retained=True, details=True),
+    )
+    yield with_timeout(retained)
+    assert got == [(1, True)]
+    events = yield session.call("wamp.subscription.get_events", sub.id, 3)
+    assert [e["args"][0]["seq"] for e in events] == [4, 5, 6]
+    assert (yield session.call("wamp.subscription.count_subscribers", sub.id)) == 1
+    assert (yield session.call("wamp.subscription.match", "invoice.paid")) == [sub.id]
+    info = yield session.call("wamp.subscription.get", sub.id)
+    assert info["uri"] == "invoice." and info["match"] == "prefix"
+    assert (yield session.call("wamp.session.count")) == 1
+    session.leave()
