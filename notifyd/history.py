@@ -37,7 +37,7 @@ from notifyd.bindings import Bindings
 from notifyd.events import HEADER_RETAIN, BadEvent, InboundEvent, decode_delivery
 from notifyd.streams import LogUnavailable, StreamLog
 from notifyd.topics import PatternSet, matches
-from notifyd.wamp import make_event
+from notifyd.wamp import WampError, make_event
 
 if TYPE_CHECKING:
     from notifyd.broker import Subscriber, Subscription
@@ -52,14 +52,8 @@ CLOSE_RESUME_FAILED = "notifyd.close.resume_failed"
 ERROR_HISTORY_UNAVAILABLE = "notifyd.error.history_unavailable"
 
 
-class HistoryError(Exception):
+class HistoryError(WampError):
     """A history request that cannot be served; ``uri`` is the WAMP error."""
-
-    def __init__(self, uri: str, text: str, **details: Any) -> None:
-        super().__init__(text)
-        self.uri = uri
-        self.text = text
-        self.details = details
 
 
 class _LogBinder:

@@ -41,14 +41,8 @@ if TYPE_CHECKING:
     from notifyd.session import WampSession
 
 
-class CallError(Exception):
+class CallError(wamp.WampError):
     """A CALL answered with ERROR ``uri``."""
-
-    def __init__(self, uri: str, text: str, **details: Any) -> None:
-        super().__init__(text)
-        self.uri = uri
-        self.text = text
-        self.details = details
 
 
 def _arg(args: list[Any], kwargs: dict[str, Any], i: int, name: str, default: Any = ...) -> Any:

@@ -56,7 +56,7 @@ from notifyd.history import (
     Catchup,
     HistoryError,
 )
-from notifyd.meta import CallError, MetaApi
+from notifyd.meta import MetaApi
 from notifyd.router import PublishRejected, PublishUnavailable, Router
 from notifyd.topics import InvalidTopic, binding_key, validate_pattern, validate_topic
 
@@ -558,7 +558,7 @@ class WampSession:
         def failed(f: Failure) -> None:
             if self.state is not State.OPEN:
                 return
-            if f.check(CallError, HistoryError):
+            if f.check(wamp.WampError):
                 e = f.value
                 uri, text, details = e.uri, e.text, e.details
             else:

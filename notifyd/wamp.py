@@ -36,7 +36,7 @@ CLOSE_SYSTEM_SHUTDOWN = "wamp.close.system_shutdown"
 ERROR_PUBLISH_UNAVAILABLE = "notifyd.error.publish_unavailable"
 ERROR_PUBLISH_REJECTED = "notifyd.error.publish_rejected"
 
-BROKER_FEATURES = RoleBrokerFeatures(
+_FEATURES = dict(
     pattern_based_subscription=True,
     publisher_exclusion=True,
     publisher_identification=True,
@@ -44,16 +44,19 @@ BROKER_FEATURES = RoleBrokerFeatures(
     session_meta_api=True,
     subscription_meta_api=True,
 )
-HISTORY_FEATURES = RoleBrokerFeatures(
-    pattern_based_subscription=True,
-    publisher_exclusion=True,
-    publisher_identification=True,
-    subscriber_blackwhite_listing=True,
-    session_meta_api=True,
-    subscription_meta_api=True,
-    event_history=True,
-    event_retention=True,
-)
+BROKER_FEATURES = RoleBrokerFeatures(**_FEATURES)
+HISTORY_FEATURES = RoleBrokerFeatures(**_FEATURES, event_history=True, event_retention=True)
+
+
+class WampError(Exception):
+    """A request answered with ERROR ``uri`` (``text`` as its argument,
+    ``details`` as its keyword arguments)."""
+
+    def __init__(self, uri: str, text: str, **details: Any) -> None:
+        super().__init__(text)
+        self.uri = uri
+        self.text = text
+        self.details = details
 
 
 def broker_features(history: bool) -> RoleBrokerFeatures:

@@ -13,6 +13,7 @@ from twisted.internet import threads
 from notifyd.devbroker import Cluster
 from tests.cluster import rabbit_cluster  # noqa: F401
 from tests.harness import Notifyd, unique
+from tests.test_history import history_args
 
 pytestmark = pytest.mark.integration
 
@@ -83,16 +84,7 @@ def test_notifyd_fails_over_and_clients_miss_nothing(rabbit_cluster: Cluster, sp
             urls[1],
             "--amqp-url",
             urls[2],
-            "--history",
-            "invoice.#",
-            "--history-stream",
-            stream,
-            "--retained-stream",
-            stream + ".retained",
-            "--history-replicas",
-            "3",
-            "--amqp-max-retry-delay",
-            "1",
+            *history_args(stream, "--history-replicas", "3", "--amqp-max-retry-delay", "1"),
         )
     )
     try:
