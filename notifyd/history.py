@@ -208,7 +208,11 @@ class History:
         """
         try:
             tail_id = yield self.position()
-        except LogUnavailable:
+            if after > tail_id:
+                # the client may come from a node whose consumer is ahead of
+                # this one: find the log's real end before calling it unknown
+                tail_id = (yield self.log.probe()) + 1
+        except (LogUnavailable, defer.TimeoutError):
             raise HistoryError(ERROR_HISTORY_UNAVAILABLE, "the event log is not reachable")
         if after > tail_id:
             raise HistoryError(

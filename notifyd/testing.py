@@ -135,8 +135,9 @@ class FakeLog:
         start = 0 if self.live_pos is None else self.live_pos + 1
         for offset in range(start, len(self.entries)):
             self.live_pos = offset
-            if self.on_entry is not None:
-                self.on_entry(offset, self.entries[offset])
+            entry = self.entries[offset]
+            if self.on_entry is not None and "x-notifyd-marker" not in entry.properties.headers:
+                self.on_entry(offset, entry)
 
     def truncate(self, first: int) -> None:
         self.first = first
@@ -150,6 +151,21 @@ class FakeLog:
             return succeed(len(self.entries) - 1)
         return succeed(self.live_pos)
 
+    def probe(self) -> Deferred[int]:
+        """Append a marker (an entry nobody is given) and return its offset."""
+        from types import SimpleNamespace
+
+        self.entries.append(
+            SimpleNamespace(
+                method=SimpleNamespace(routing_key="marker"),
+                properties=SimpleNamespace(headers={"x-notifyd-marker": "m"}),
+                body=b"",
+            )
+        )
+        # the live consumer sees everything up to the marker first
+        self.deliver_live()
+        return succeed(self.live_pos)
+
     def read(self, start: int, handler: Any) -> Deferred[None]:
         from twisted.internet.defer import inlineCallbacks
 
@@ -160,7 +176,10 @@ class FakeLog:
             offset = max(self.first, start - start % self.chunk)
             while offset < len(self.entries):
                 if offset >= start:
-                    more = handler(offset, self.entries[offset])
+                    entry = self.entries[offset]
+                    if "x-notifyd-marker" in entry.properties.headers:
+                        entry = None
+                    more = handler(offset, entry)
                     if isinstance(more, Deferred):
                         yield more
                     elif more:
