@@ -47,6 +47,7 @@ from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSeri
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import Logger
 
 from notifyd.router import Router
@@ -281,13 +282,44 @@ class WampServerProtocol(WebSocketServerProtocol):
             return
         if self.paused and self._over_budget(len(frame.payloadHybi)):
             return
-        self.sendPreparedMessage(frame)
+        if self._perMessageCompress is None and not self.send_queue:
+            _write(self.transport, frame.payloadHybi)
+        else:
+            self.sendPreparedMessage(frame)
 
     def close(self) -> None:
         if self.state == self.STATE_OPEN:
             self.sendClose(1000)
         elif self.state == self.STATE_CONNECTING:
             self.dropConnection(abort=True)
+
+
+def _write(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, but for a plain TCP connection with nothing
+    buffered, try the socket first: one ``send`` instead of buffering,
+    registering for writability, sending and unregistering (three syscalls
+    per connection per reactor turn).  Whatever the socket does not take goes
+    through ``transport.write`` as usual, so ordering, flow control
+    (producers) and error handling stay Twisted's.  TLS and other transports
+    always take the normal path."""
+    if (
+        type(transport) is _TCPServer
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # let Twisted see the error on its own write
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def _as_class_attr(value: Any) -> Any:
