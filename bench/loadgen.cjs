@@ -9,6 +9,12 @@
 // summary line when every connection got `expect` events (or on timeout):
 // per-event latency percentiles (receive time - "sent" in the body), losses
 // and gaps by sequence number, first/last receive times.
+//
+// "subscribeOptions" are added to every SUBSCRIBE's options (e.g.
+// {"_resume_after": 1234} to resume from a log position); the summary then
+// has the time the first SUBSCRIBE went out ("subscribe_sent") and, with
+// "checkPublications", the first and last publication id received and how
+// many ids were not above the previous one on their connection.
 "use strict";
 
 const WebSocket = require("ws");
@@ -31,6 +37,13 @@ const perConn = new Array(n).fill(0);
 const lastSeq = new Array(n).fill(-1);
 const sockets = [];
 let readyAt = null;
+let subscribeSent = null;
+let subscribedAt = null;
+const checkPubs = !!cfg.checkPublications;
+const lastPub = new Array(n).fill(-1);
+let pubFirst = null;
+let pubLast = null;
+let pubDisorder = 0;
 
 function finish(reason) {
   latencies.sort((a, b) => a - b);
@@ -41,6 +54,9 @@ function finish(reason) {
   process.stdout.write(JSON.stringify({
     reason, n, expect, events: totalEvents, missing, gaps, duplicates,
     ready_ms: readyAt, first_recv: firstRecv, last_recv: lastRecv,
+    subscribe_sent: subscribeSent, subscribed_at: subscribedAt,
+    publications: checkPubs ? { first: pubFirst, last: pubLast, disorder: pubDisorder } : null,
+    cpu_s: (() => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; })(),
     latency_ms: { p50: q(0.5), p99: q(0.99), max: latencies.length ? latencies[latencies.length - 1] : null,
                   count: latencies.length },
   }) + "\n");
@@ -48,8 +64,14 @@ function finish(reason) {
   process.exit(0);
 }
 
-function onEvent(i, value) {
+function onEvent(i, value, publication) {
   const now = Date.now() / 1000;
+  if (checkPubs && typeof publication === "number") {
+    if (pubFirst === null) pubFirst = publication;
+    pubLast = publication;
+    if (publication <= lastPub[i]) pubDisorder += 1;
+    lastPub[i] = publication;
+  }
   if (firstRecv === null) firstRecv = now;
   lastRecv = now;
   totalEvents += 1;
@@ -86,7 +108,8 @@ function open(i) {
       case 2: // WELCOME
         topicsFor(i).forEach((t, k) => {
           pending += 1;
-          const opts = cfg.match ? { match: cfg.match } : {};
+          const opts = Object.assign(cfg.match ? { match: cfg.match } : {}, cfg.subscribeOptions || {});
+          if (subscribeSent === null) subscribeSent = Date.now() / 1000;
           ws.send(JSON.stringify([32, k + 1, opts, t]));
         });
         if (pending === 0) ready();
@@ -96,7 +119,7 @@ function open(i) {
         if (pending === 0) ready();
         break;
       case 36: // EVENT
-        onEvent(i, msg[4] ? msg[4][0] : null);
+        onEvent(i, msg[4] ? msg[4][0] : null, msg[2]);
         break;
       case 3: case 6: case 8:
         process.stderr.write(`conn ${i}: ${data}\n`);
@@ -109,6 +132,7 @@ function ready() {
   subscribed += 1;
   if (subscribed === n) {
     readyAt = Date.now() - started;
+    subscribedAt = Date.now() / 1000;
     process.stdout.write(`READY ${readyAt}\n`);
     if (!expect && !cfg.expectTotal) {
       // idle mode: stay connected until stdin closes

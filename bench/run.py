@@ -13,6 +13,8 @@ Scenarios (see docs/performance.md):
   D  many topics: each client subscribed to its own topic, events to random ones
   E  connection storm: connect + HELLO + SUBSCRIBE for M clients, time to all subscribed
   F  two notifyd processes (one per core, clients split between them) against one
+  H  history cost: A and B with and without ``--history '#'``, and the time to
+     resume (replay) 10,000 missed events into one client
 
 Run a subset with ``--only A,F``.
 """
@@ -39,7 +41,16 @@ CLK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 SERVER_CPU, CLIENT_CPU = ("0", "1") if CORES > 1 else ("0", "0")
 
-QUICK = {"A": (1000, 60), "B": (1000, 5), "C": 2000, "D": (2000, 2000), "E": 2000, "F": (1000, 60)}
+QUICK = {
+    "A": (1000, 60),
+    "B": (1000, 5),
+    "C": 2000,
+    "D": (2000, 2000),
+    "E": 2000,
+    "F": (1000, 60),
+    # H: (N, events) as in A, (N, seconds) as in B, events to resume
+    "H": ((500, 60), (500, 5), 10000),
+}
 FULL = {
     "A": (1000, 300),
     "B": (1000, 15),
@@ -47,7 +58,10 @@ FULL = {
     "D": (5000, 5000),
     "E": 5000,
     "F": (2000, 300),
+    "H": ((1000, 300), (1000, 15), 10000),
 }
+#: pid of the bench RabbitMQ node (its CPU is reported where it matters)
+BROKER_PID: int | None = None
 
 
 def raise_fd_limit() -> None:
@@ -68,6 +82,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
+def broker_cpu() -> float | None:
+    try:
+        return cpu_seconds(BROKER_PID) if BROKER_PID else None
+    except OSError:
+        return None
+
+
+def cpu_delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -77,7 +102,13 @@ def rss_kib(pid: int) -> int:
 
 class Server:
     def __init__(
-        self, kind: str, amqp: str, exchange: str, port: int, cpu: str | None = None
+        self,
+        kind: str,
+        amqp: str,
+        exchange: str,
+        port: int,
+        cpu: str | None = None,
+        extra: list[str] | None = None,
     ) -> None:
         self.kind = kind
         self.port = port
@@ -98,6 +129,7 @@ class Server:
                 "100000",
                 "--max-subscriptions-per-session",
                 "10",
+                *(extra or []),
             ]
             ready = "notifyd ready"
         else:
@@ -178,27 +210,71 @@ def fresh_exchange() -> str:
     return f"bench-{uuid.uuid4().hex[:8]}"
 
 
-def scenario_a(amqp: str, kind: str, n: int, k: int) -> dict:
+class HistoryStreams:
+    """``--history '#'`` on fresh streams named after the exchange; ``drop()``
+    deletes them (and the exchanges) again."""
+
+    def __init__(self, amqp: str, exchange: str) -> None:
+        self.amqp = amqp
+        self.exchange = exchange
+        self.log = f"{exchange}.history"
+        self.retained = f"{exchange}.retained-log"
+        self.args = [
+            "--history",
+            "#",
+            "--history-stream",
+            self.log,
+            "--retained-stream",
+            self.retained,
+        ]
+
+    def drop(self) -> None:
+        import pika
+
+        conn = pika.BlockingConnection(pika.URLParameters(self.amqp))
+        try:
+            ch = conn.channel()
+            for queue in (self.log, self.retained):
+                ch.queue_delete(queue)
+            for exchange in (f"{self.exchange}.retained", self.exchange):
+                ch.exchange_delete(exchange)
+        finally:
+            conn.close()
+
+
+def scenario_a(
+    amqp: str,
+    kind: str,
+    n: int,
+    k: int,
+    *,
+    port: int = 18080,
+    topic: str = "bench.a",
+    history: bool = False,
+) -> dict:
     ex = fresh_exchange()
-    srv = Server(kind, amqp, ex, 18080)
+    streams = HistoryStreams(amqp, ex) if history else None
+    srv = Server(kind, amqp, ex, port, extra=streams.args if streams else None)
     try:
         lg = LoadGen(
             {
                 "url": srv.url,
                 "n": n,
                 "mode": "wamp" if kind == "notifyd" else "raw",
-                "topics": ["bench.a"],
+                "topics": [topic],
                 "expect": k,
                 "timeout": 300,
             }
         )
-        cpu0 = srv.cpu()
+        cpu0, bcpu0 = srv.cpu(), broker_cpu()
         t0 = time.time()
-        publish(amqp, ex, topic="bench.a", count=k, rate=0)
+        publish(amqp, ex, topic=topic, count=k, rate=0)
         res = lg.result()
-        cpu = srv.cpu() - cpu0
+        cpu, bcpu = srv.cpu() - cpu0, cpu_delta(bcpu0, broker_cpu())
     finally:
         srv.stop()
+        if streams:
+            streams.drop()
     delivered = n * k - res["missing"]
     seconds = (res["last_recv"] or t0) - t0
     return {
@@ -213,13 +289,24 @@ def scenario_a(amqp: str, kind: str, n: int, k: int) -> dict:
         "deliveries_per_s": delivered / seconds if seconds > 0 else 0,
         "server_cpu_s": cpu,
         "cpu_per_delivery_us": cpu / delivered * 1e6 if delivered else None,
+        "broker_cpu_s": bcpu,
         "latency_ms": res["latency_ms"],
     }
 
 
-def scenario_b(amqp: str, kind: str, n: int, seconds: int) -> dict:
+def scenario_b(
+    amqp: str,
+    kind: str,
+    n: int,
+    seconds: int,
+    *,
+    port: int = 18081,
+    topic: str = "bench.b",
+    history: bool = False,
+) -> dict:
     ex = fresh_exchange()
-    srv = Server(kind, amqp, ex, 18081)
+    streams = HistoryStreams(amqp, ex) if history else None
+    srv = Server(kind, amqp, ex, port, extra=streams.args if streams else None)
     k = 20 * seconds
     try:
         lg = LoadGen(
@@ -227,17 +314,19 @@ def scenario_b(amqp: str, kind: str, n: int, seconds: int) -> dict:
                 "url": srv.url,
                 "n": n,
                 "mode": "wamp" if kind == "notifyd" else "raw",
-                "topics": ["bench.b"],
+                "topics": [topic],
                 "expect": k,
                 "timeout": seconds + 120,
             }
         )
-        cpu0 = srv.cpu()
-        publish(amqp, ex, topic="bench.b", count=k, rate=20)
+        cpu0, bcpu0 = srv.cpu(), broker_cpu()
+        publish(amqp, ex, topic=topic, count=k, rate=20)
         res = lg.result()
-        cpu = srv.cpu() - cpu0
+        cpu, bcpu = srv.cpu() - cpu0, cpu_delta(bcpu0, broker_cpu())
     finally:
         srv.stop()
+        if streams:
+            streams.drop()
     return {
         "kind": kind,
         "n": n,
@@ -248,6 +337,7 @@ def scenario_b(amqp: str, kind: str, n: int, seconds: int) -> dict:
         "latency_ms": res["latency_ms"],
         "server_cpu_s": cpu,
         "server_cpu_pct": cpu / seconds * 100,
+        "broker_cpu_s": bcpu,
     }
 
 
@@ -367,6 +457,153 @@ def scenario_f(amqp: str, n: int, k: int) -> dict:
     return out
 
 
+def log_position(srv: Server) -> int:
+    """The newest publication id in the event log (``GET /position``)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/position", timeout=10) as r:
+        return json.load(r)["position"]
+
+
+def scenario_h_resume(amqp: str, count: int, runs: int = 2) -> list[dict]:
+    """``count`` events are logged while no client is connected; then one
+    client subscribes with ``_resume_after`` the position from before them,
+    ``runs`` times (a new client each time).  Timed from sending SUBSCRIBE
+    until the last replayed EVENT arrived."""
+    ex = fresh_exchange()
+    streams = HistoryStreams(amqp, ex)
+    srv = Server("notifyd", amqp, ex, 18086, extra=streams.args)
+    topic = "bench.h.resume"
+    out = []
+    try:
+        after = log_position(srv)
+        publish(amqp, ex, topic=topic, count=count, rate=0)
+        # every event is in the log (and the node's live consumer has seen it)
+        deadline = time.time() + 120
+        while log_position(srv) < after + count:
+            if time.time() > deadline:
+                raise RuntimeError("the events did not reach the event log")
+            time.sleep(0.05)
+        for _ in range(runs):
+            cpu0, bcpu0 = srv.cpu(), broker_cpu()
+            lg = LoadGen(
+                {
+                    "url": srv.url,
+                    "n": 1,
+                    "mode": "wamp",
+                    "topics": [topic],
+                    "subscribeOptions": {"_resume_after": after},
+                    "checkPublications": True,
+                    "expect": count,
+                    "timeout": 300,
+                }
+            )
+            res = lg.result()
+            cpu, bcpu = srv.cpu() - cpu0, cpu_delta(bcpu0, broker_cpu())
+            pubs = res["publications"] or {}
+            sent = res["subscribe_sent"]
+            seconds = (res["last_recv"] or sent) - sent
+            out.append(
+                {
+                    "events": count,
+                    "resume_after": after,
+                    "received": res["events"],
+                    "missing": res["missing"],
+                    "gaps": res["gaps"],
+                    "duplicates": res["duplicates"],
+                    # publication ids after + 1 .. after + count, each above the last
+                    "in_order": pubs.get("disorder") == 0
+                    and pubs.get("first") == after + 1
+                    and pubs.get("last") == after + count,
+                    "publications": pubs,
+                    "subscribed_s": res["subscribed_at"] - sent,
+                    "first_event_s": (res["first_recv"] or sent) - sent,
+                    "seconds": seconds,
+                    "events_per_s": res["events"] / seconds if seconds > 0 else 0,
+                    "server_cpu_s": cpu,
+                    "broker_cpu_s": bcpu,
+                    "client_cpu_s": res["cpu_s"],
+                }
+            )
+    finally:
+        srv.stop()
+        streams.drop()
+    return out
+
+
+#: plain / history runs of H in "ABBA" order, so neither always goes first
+H_ORDER = (False, True, True, False)
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def scenario_h(amqp: str, sizes: tuple) -> dict:
+    """The price of history: A and B on one notifyd without and with
+    ``--history '#'`` (every event then comes through the stream), in ABBA
+    order, and resumes of ``resume`` missed events."""
+    (n, k), (bn, secs), resume = sizes
+    out: dict = {
+        "order": ["history" if h else "plain" for h in H_ORDER],
+        "fanout": {"plain": [], "history": []},
+        "latency": {"plain": [], "history": []},
+    }
+    for history in H_ORDER:
+        out["fanout"]["history" if history else "plain"].append(
+            scenario_a(amqp, "notifyd", n, k, port=18086, topic="bench.h", history=history)
+        )
+    for history in H_ORDER:
+        out["latency"]["history" if history else "plain"].append(
+            scenario_b(amqp, "notifyd", bn, secs, port=18086, topic="bench.h", history=history)
+        )
+    out["resume"] = scenario_h_resume(amqp, resume)
+    summary: dict = {}
+    for label in ("plain", "history"):
+        fan, lat = out["fanout"][label], out["latency"][label]
+        summary[label] = {
+            "deliveries_per_s": _mean([x["deliveries_per_s"] for x in fan]),
+            "cpu_per_delivery_us": _mean([x["cpu_per_delivery_us"] for x in fan]),
+            "lost": sum(x["missing"] for x in fan) + sum(x["missing"] for x in lat),
+            "gaps": sum(x["gaps"] for x in fan) + sum(x["gaps"] for x in lat),
+            "duplicates": sum(x["duplicates"] for x in fan),
+            "latency_p50_ms": _mean([x["latency_ms"]["p50"] for x in lat]),
+            "latency_p99_ms": _mean([x["latency_ms"]["p99"] for x in lat]),
+            "server_cpu_pct_20_per_s": _mean([x["server_cpu_pct"] for x in lat]),
+        }
+    summary["resume"] = {
+        "seconds": _mean([x["seconds"] for x in out["resume"]]),
+        "events_per_s": _mean([x["events_per_s"] for x in out["resume"]]),
+        "complete": all(
+            x["missing"] == 0 and x["gaps"] == 0 and x["duplicates"] == 0 and x["in_order"]
+            for x in out["resume"]
+        ),
+    }
+    out["summary"] = summary
+    out["ratio"] = summary["history"]["deliveries_per_s"] / max(
+        summary["plain"]["deliveries_per_s"], 1
+    )
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit measured (``+dirty`` with uncommitted changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return None
+    return f"{head}+dirty" if head and dirty else head or None
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
     sizes = QUICK if quick else FULL
@@ -374,7 +611,14 @@ def main() -> int:
     node = Node(base=ROOT / ".rabbitmq" / "bench", amqp_port=56740, name="notifyd-bench")
     node.start()
     amqp = node.url
-    results: dict = {"quick": quick, "cores": CORES, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    global BROKER_PID
+    BROKER_PID = node.server_pid()
+    results: dict = {
+        "quick": quick,
+        "cores": CORES,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "commit": git_commit(),
+    }
     only = set()
     for arg in sys.argv[1:]:
         if arg.startswith("--only"):
@@ -400,6 +644,8 @@ def main() -> int:
         if want("F"):
             n, k = sizes["F"]
             results["F"] = scenario_f(amqp, n, k)
+        if want("H"):
+            results["H"] = scenario_h(amqp, sizes["H"])
     finally:
         node.stop()
     out = ROOT / "bench" / "results"
@@ -473,6 +719,69 @@ def report(r: dict) -> None:
             f"= {d['cpu_per_event_us'] / max(per_a, 0.001):.2f}x (target <= 1.5); lost {d['missing']}; "
             f"{d['clients']} subscriptions bound in {d['subscribe_all_s']:.2f} s"
         )
+    if "H" in r:
+        report_h(r["H"])
+
+
+def _secs(x: float | None) -> str:
+    return f"{x:.2f}s" if x is not None else "-"
+
+
+def report_h(h: dict) -> None:
+    print("\nH  history cost: one notifyd without and with --history '#' (runs in ABBA order)")
+    print(
+        f"   {'':<8} {'N':>5} {'events':>7} {'deliv/s':>10} {'server CPU':>11} "
+        f"{'µs CPU/deliv':>13} {'RabbitMQ CPU':>13} {'lost':>5} {'gaps':>5}"
+    )
+    seen = {"plain": 0, "history": 0}
+    for label in h["order"]:
+        x = h["fanout"][label][seen[label]]
+        seen[label] += 1
+        print(
+            f"   {label:<8} {x['n']:>5} {x['events']:>7} {x['deliveries_per_s']:>10.0f} "
+            f"{x['server_cpu_s']:>10.2f}s {x['cpu_per_delivery_us'] or 0:>13.2f} "
+            f"{_secs(x['broker_cpu_s']):>13} {x['missing']:>5} {x['gaps']:>5}"
+        )
+    sm = h["summary"]
+    print(
+        f"   mean: history {sm['history']['deliveries_per_s']:.0f} vs plain "
+        f"{sm['plain']['deliveries_per_s']:.0f} deliveries/s = {h['ratio']:.2f}x; "
+        f"{sm['history']['cpu_per_delivery_us']:.2f} vs {sm['plain']['cpu_per_delivery_us']:.2f} "
+        f"µs CPU/delivery"
+    )
+    print("   latency at 20 events/s:")
+    print(
+        f"   {'':<8} {'N':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'server CPU':>11} "
+        f"{'RabbitMQ CPU':>13} {'lost':>5}"
+    )
+    seen = {"plain": 0, "history": 0}
+    for label in h["order"]:
+        x = h["latency"][label][seen[label]]
+        seen[label] += 1
+        q = x["latency_ms"]
+        print(
+            f"   {label:<8} {x['n']:>5} {q['p50']:>8.1f} {q['p99']:>8.1f} {q['max']:>8.1f} "
+            f"{x['server_cpu_pct']:>10.0f}% {_secs(x['broker_cpu_s']):>13} {x['missing']:>5}"
+        )
+    print(
+        f"   mean p50/p99: history {sm['history']['latency_p50_ms']:.1f}/"
+        f"{sm['history']['latency_p99_ms']:.1f} ms vs plain {sm['plain']['latency_p50_ms']:.1f}/"
+        f"{sm['plain']['latency_p99_ms']:.1f} ms"
+    )
+    for rs in h["resume"]:
+        print(
+            f"   resume {rs['events']} missed events: all in {rs['seconds']:.2f} s after SUBSCRIBE "
+            f"= {rs['events_per_s']:.0f} events/s (first EVENT after "
+            f"{rs['first_event_s'] * 1000:.0f} ms); CPU: server {rs['server_cpu_s']:.2f} s, "
+            f"RabbitMQ {_secs(rs['broker_cpu_s'])}, client {rs['client_cpu_s']:.2f} s; "
+            f"lost {rs['missing']}, gaps {rs['gaps']}, dup {rs['duplicates']}, "
+            f"ids in order: {'yes' if rs['in_order'] else 'NO'}"
+        )
+    lost = sm["plain"]["lost"] + sm["history"]["lost"]
+    print(
+        f"   lost in fan-out and latency runs: {lost}; "
+        f"resumes complete: {'yes' if sm['resume']['complete'] else 'NO'}"
+    )
 
 
 if __name__ == "__main__":
