@@ -46,6 +46,7 @@ let pubLast = null;
 let pubDisorder = 0;
 
 function finish(reason) {
+  if (finished) return;
   latencies.sort((a, b) => a - b);
   const q = (p) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : null);
   const missing = expect
@@ -60,9 +61,21 @@ function finish(reason) {
     latency_ms: { p50: q(0.5), p99: q(0.99), max: latencies.length ? latencies[latencies.length - 1] : null,
                   count: latencies.length },
   }) + "\n");
-  for (const ws of sockets) ws.terminate();
-  process.exit(0);
+  const quit = () => {
+    for (const ws of sockets) ws.terminate();
+    process.exit(0);
+  };
+  if (cfg.holdOpen && reason !== "stdin closed") {
+    // keep the connections until the runner has read the server's CPU, so
+    // closing 5000 sessions is not counted as the cost of the events
+    finished = true;
+    process.stdin.on("end", quit);
+    process.stdin.resume();
+  } else {
+    quit();
+  }
 }
+let finished = false;
 
 function onEvent(i, value, publication) {
   const now = Date.now() / 1000;
