@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from notifyd.bindings import Bindings
 from notifyd.events import BadEvent, Publication
 from notifyd.router import PublishRejected, PublishUnavailable
-from notifyd.streams import AckBatcher
+from notifyd.streams import AckBatcher, consume_directly
 
 
 class _QueueBinder:
@@ -268,32 +268,29 @@ class AMQPService(Service):
             self._log.warn("lost the RabbitMQ connection ({reason}); reconnecting", reason=reason)
 
     # -- consuming -----------------------------------------------------------------
-    @inlineCallbacks
-    def _consume(self, channel: Any, consumer: Any) -> Any:
-        while True:
-            try:
-                msg = yield consumer.get()
-            except Exception:
-                return
-            tag = msg.method.delivery_tag
-            started = time.monotonic()
-            try:
-                self._deliver(msg.method.routing_key, msg.properties, msg.body)
-            except BadEvent as e:
-                self._log.warn(
-                    "rejected AMQP message on {key}: {reason}",
-                    key=msg.method.routing_key,
-                    reason=str(e),
-                )
-                self._reject(channel, tag)
-                continue
-            except Exception:
-                self._log.failure("internal error delivering {key}", key=msg.method.routing_key)
-                self._reject(channel, tag)
-                continue
-            if self._observe is not None:
-                self._observe(time.monotonic() - started)
-            self._acks.later(channel, tag)
+    def _consume(self, channel: Any, consumer: Any) -> None:
+        consume_directly(consumer, lambda msg: self._on_message(channel, msg))
+
+    def _on_message(self, channel: Any, msg: Any) -> None:
+        tag = msg.method.delivery_tag
+        started = time.monotonic()
+        try:
+            self._deliver(msg.method.routing_key, msg.properties, msg.body)
+        except BadEvent as e:
+            self._log.warn(
+                "rejected AMQP message on {key}: {reason}",
+                key=msg.method.routing_key,
+                reason=str(e),
+            )
+            self._reject(channel, tag)
+            return
+        except Exception:
+            self._log.failure("internal error delivering {key}", key=msg.method.routing_key)
+            self._reject(channel, tag)
+            return
+        if self._observe is not None:
+            self._observe(time.monotonic() - started)
+        self._acks.later(channel, tag)
 
     @property
     def acked(self) -> int:

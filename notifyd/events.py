@@ -51,6 +51,7 @@ than its headers allow.
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,12 +85,13 @@ _MAX_ID = 2**53
 #: random publication ids are drawn from [2**52, 2**53]: ids below are event
 #: log positions (see notifyd.history), so the two never collide
 RANDOM_ID_FLOOR = 2**52
-_random = random.SystemRandom()
+# publication ids are not secrets: a fast generator, seeded from the OS
+_random = random.Random(int.from_bytes(os.urandom(16), "big"))
 
 
 def publication_id() -> int:
     """A random publication id for an event that is not in the event log."""
-    return _random.randint(RANDOM_ID_FLOOR, _MAX_ID)
+    return RANDOM_ID_FLOOR + _random.getrandbits(52)
 
 
 class BadEvent(ValueError):
@@ -359,8 +361,6 @@ def decode_delivery(routing_key: str, properties: Any, body: bytes, max_size: in
                 break
         else:
             raise BadEvent("bad_header", f"unknown header {name} (wamp-* headers are reserved)")
-    if not event.publication:
-        event.publication = publication_id()
 
     extra = event.extra
     message_id = getattr(properties, "message_id", None)

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from notifyd.auth import CraAuthenticator, TicketAuthenticator
 from notifyd.authz import Authorizer
 from notifyd.broker import Broker
-from notifyd.events import BadEvent, Publication, decode_delivery
+from notifyd.events import BadEvent, Publication, decode_delivery, publication_id
 from notifyd.history import CLOSE_RESUME_FAILED
 
 if TYPE_CHECKING:
@@ -169,6 +169,8 @@ class Router:
         except BadEvent as e:
             self.stats.inc(f"events_rejected_{e.reason}")
             raise
+        if not event.publication:  # no wamp-publication header
+            event.publication = publication_id()
         self.stats.inc("events_received")
         n = self.broker.dispatch(event)
         self.stats.inc("events_delivered", n)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pika
 import pytest
 
-from notifyd.events import BadEvent, PayloadError, decode_delivery, encode_publication
+from notifyd.events import (
+    BadEvent,
+    PayloadError,
+    decode_delivery,
+    encode_publication,
+    publication_id,
+)
 
 
 def props(**kw):
@@ -32,7 +38,12 @@ def test_json_body_becomes_single_argument_with_details():
         "x_type": "t",
         "x_app_id": "billing",
     }
-    assert 0 < e.publication <= 2**53
+    assert e.publication == 0  # no wamp-publication header: the router draws one
+
+
+def test_random_publication_ids_stay_clear_of_log_positions():
+    ids = {publication_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(2**52 <= i <= 2**53 for i in ids)
 
 
 def test_absent_content_type_parses():

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 from autobahn.wamp import message, role
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from notifyd.bindings import Bindings
@@ -242,15 +242,10 @@ def test_a_gap_in_the_live_log_closes_subscribed_sessions():
 
 
 class _Queue:
-    """pika's consumer queue: get() fires with the next message."""
+    """pika's consumer queue, as far as the follower uses it."""
 
-    def __init__(self, msgs):
-        self.msgs = list(msgs)
-
-    def get(self):
-        if self.msgs:
-            return succeed(self.msgs.pop(0))
-        return Deferred()  # nothing more: wait forever
+    def __init__(self, pending):
+        self.pending = list(pending)
 
 
 class _Channel:
@@ -289,7 +284,10 @@ def test_stream_follower_skips_the_chunk_head_reports_gaps_and_answers_probes():
     log._probes["tok"] = probe
     channel = _Channel()
     # after a reconnect: the chunk holding 6 starts at 4, but 6..8 are gone
-    log._follow(channel, _Queue([_entry(4, 1), _entry(5, 2), _entry(9, 3), _entry(10, 4, "tok")]))
+    queue = _Queue([_entry(4, 1), _entry(5, 2)])  # already queued when following starts
+    log._follow(channel, queue)
+    for msg in (_entry(9, 3), _entry(10, 4, "tok")):
+        queue.put(msg)
     assert seen == [9] and gaps == [(6, 9)]
     assert probe.result == 10 and log.live_pos == 10
     clock.advance(0)
