@@ -63,6 +63,31 @@ SERIALIZERS = {
 _UNSERIALIZABLE = object()
 
 
+class _Flusher:
+    """Writes each connection's EVENT frames once per reactor turn.
+
+    An AMQP read often carries many deliveries; queueing their frames per
+    connection and writing them at the end of the turn makes one ``send``
+    per connection per turn, however many events it got, and a lone event
+    costs one ``send`` too (see :func:`_write`)."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._dirty: list[WampServerProtocol] = []
+        self._call: Any = None
+
+    def add(self, proto: WampServerProtocol) -> None:
+        self._dirty.append(proto)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._call = None
+        dirty, self._dirty = self._dirty, []
+        for proto in dirty:
+            proto.flush()
+
+
 class _Pressure:
     """Twisted tells a connection's transport buffer state through this."""
 
@@ -94,6 +119,8 @@ class WampServerProtocol(WebSocketServerProtocol):
     subprotocol: str = ""
     paused = False
     backlog = 0
+    #: EVENT frames waiting for the end of this reactor turn (see _Flusher)
+    _out: list[bytes] | None = None
     _drain: list[Deferred[None]] | None = None
     _hello_timer: Any = None
     _slow = False
@@ -231,6 +258,8 @@ class WampServerProtocol(WebSocketServerProtocol):
     def send(self, msg: Message) -> None:
         if self.state != self.STATE_OPEN or self._slow:
             return
+        if self._out is not None:
+            self.flush()  # EVENTs queued before this message go first
         payload, is_binary = self._wamp_serializer.serialize(msg)
         if self.paused and self._over_budget(len(payload)):
             return
@@ -283,12 +312,25 @@ class WampServerProtocol(WebSocketServerProtocol):
         if self.paused and self._over_budget(len(frame.payloadHybi)):
             return
         if self._perMessageCompress is None and not self.send_queue:
-            _write(self.transport, frame.payloadHybi)
+            out = self._out
+            if out is None:
+                self._out = [frame.payloadHybi]
+                self.factory.flusher.add(self)
+            else:
+                out.append(frame.payloadHybi)
         else:
             self.sendPreparedMessage(frame)
 
+    def flush(self) -> None:
+        """Write the EVENT frames queued this reactor turn, in one piece."""
+        out, self._out = self._out, None
+        if out is not None and self.state == self.STATE_OPEN:
+            _write(self.transport, out[0] if len(out) == 1 else b"".join(out))
+
     def close(self) -> None:
         if self.state == self.STATE_OPEN:
+            if self._out is not None:
+                self.flush()
             self.sendClose(1000)
         elif self.state == self.STATE_CONNECTING:
             self.dropConnection(abort=True)
@@ -361,6 +403,7 @@ class WampServerFactory(WebSocketServerFactory):
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
+        self.flusher = _Flusher(clock)
         self.router = router
         self.allowed_origins = [o.lower() for o in allowed_origins or []]
         self.max_connections = max_connections
