@@ -45,6 +45,7 @@ from autobahn.wamp.exception import InvalidUriError, ProtocolError
 from autobahn.wamp.message import Message
 from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.tcp import Server as _TCPServer
@@ -119,6 +120,8 @@ class WampServerProtocol(WebSocketServerProtocol):
     subprotocol: str = ""
     paused = False
     backlog = 0
+    #: one traffic counter for all connections (notifyd has its own metrics)
+    trafficStats = TrafficStats()
     #: EVENT frames waiting for the end of this reactor turn (see _Flusher)
     _out: list[bytes] | None = None
     _drain: list[Deferred[None]] | None = None
@@ -184,12 +187,9 @@ class WampServerProtocol(WebSocketServerProtocol):
             d.callback(None)
 
     def onOpen(self) -> None:
-        # the opening handshake is over: drop its raw bytes (memory per idle
-        # connection is what scales)
-        self.http_request_data = None
-        self.http_response_data = None
         self.session = WampSession(self.factory.router, self, peer=self.peer)
         self._hello_timer = self.factory.clock.callLater(self.factory.hello_timeout, self._no_hello)
+        _compact(self)
 
     def _no_hello(self) -> None:
         self._hello_timer = None
@@ -334,6 +334,94 @@ class WampServerProtocol(WebSocketServerProtocol):
             self.sendClose(1000)
         elif self.state == self.STATE_CONNECTING:
             self.dropConnection(abort=True)
+
+
+class _SendQueue(list):
+    """autobahn's send queue (for chopped or synchronous sends, which notifyd
+    does not use): an empty list is a tenth of an empty ``deque``."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+#: what the opening handshake leaves on autobahn's protocol and nothing reads
+#: once the connection is open
+_HANDSHAKE_ONLY = (
+    "http_headers",
+    "http_request_data",
+    "http_response_data",
+    "http_request_host",
+    "http_request_params",
+    "http_request_path",
+    "http_request_uri",
+    "http_status_line",
+    "websocket_extensions",
+    "websocket_protocols",
+    "websocket_origin",
+    "_wskey",
+)
+#: autobahn state that stays at its initial value on an idle connection: an
+#: instance attribute equal to the class attribute is dropped
+_AT_REST = {
+    "_hello_timer": None,
+    "_isMessageCompressed": False,
+    "_perMessageCompress": None,
+    "autoPingPending": None,
+    "autoPingPendingSent": None,
+    "autoPingPendingSeq": 0,
+    "autoPingTimeoutCall": None,
+    "closeHandshakeTimeoutCall": None,
+    "closedByMe": False,
+    "current_frame": None,
+    "droppedByMe": False,
+    "failedByMe": False,
+    "frame_data": None,
+    "inside_message": False,
+    "localCloseCode": None,
+    "localCloseReason": None,
+    "message_data": None,
+    "message_is_binary": False,
+    "openHandshakeTimeoutCall": None,
+    "remoteCloseCode": None,
+    "remoteCloseReason": None,
+    "send_state": 0,
+    "trackedTimings": None,
+    "triggered": False,
+    "utf8validateIncomingCurrentMessage": True,
+    "wasClean": False,
+    "wasCloseHandshakeTimeout": False,
+    "wasMaxFramePayloadSizeExceeded": False,
+    "wasMaxMessagePayloadSizeExceeded": False,
+    "wasNotCleanReason": None,
+    "wasOpenHandshakeTimeout": False,
+    "wasServerConnectionDropTimeout": False,
+    "wasServingFlashSocketPolicyFile": False,
+    "websocket_version": 13,  # RFC 6455; read on every frame, so it stays
+}
+for _name, _value in _AT_REST.items():
+    setattr(WampServerProtocol, _name, _value)
+
+
+def _compact(proto: WampServerProtocol) -> None:
+    """Shrink an open connection: memory per idle session is what scales.
+
+    autobahn keeps about 70 attributes per connection, too many for
+    CPython's shared-key instance dicts.  Values at rest move to the class
+    (see :data:`_AT_REST`), the handshake's leftovers go, and the dict is
+    rebuilt at its new size; autobahn sees the same values as before.
+    """
+    d = proto.__dict__
+    for name in _HANDSHAKE_ONLY:
+        d.pop(name, None)
+    for name, value in _AT_REST.items():
+        if name in d and d[name] is value:
+            del d[name]
+    d.pop("trafficStats", None)
+    if not proto.send_queue:
+        proto.send_queue = _SendQueue()
+    proto.__dict__ = dict(d)
 
 
 def _write(transport: Any, data: bytes) -> None:
