@@ -1,7 +1,8 @@
 """The demo page in Debian's headless Chromium, driven by Playwright, against a
 real notifyd and RabbitMQ: it connects, shows events as toasts and log rows
 with the right summary, ignores topics it did not subscribe to, and reconnects
-and re-subscribes by itself after notifyd is restarted."""
+and re-subscribes by itself after notifyd is restarted; with history it also
+shows what was published while notifyd was down."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.sync_notifyd import SyncNotifyd, free_port
+from tests.test_history import history_args, stream  # noqa: F401
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
@@ -116,3 +118,41 @@ def test_demo_page_live_events_and_reconnect(
         if c[1] in ("error", "pageerror") and not (c[0] == "down" and REFUSED.search(c[2]))
     ]
     assert problems == [], problems
+
+
+def test_demo_page_gets_what_it_missed_while_notifyd_was_down(
+    browser_context,
+    rabbit,
+    exchange,
+    publisher,
+    stream,  # noqa: F811
+):
+    """With history, notifyd.js resumes on reconnect: the events published
+    while the node was down appear, once each, in order."""
+    expect = playwright.expect
+    port = free_port()
+    node = SyncNotifyd(rabbit.url, exchange, port, *history_args(stream)).start()
+    page = browser_context.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        expect(page.locator("#subs li[data-active=true]")).to_have_count(2, timeout=15000)
+        publisher.publish("invoice.sent", {"invoice": "INV-1", "client": "Acme Ltd"})
+        expect(page.locator("#log tr")).to_have_count(1, timeout=15000)
+        node.stop()
+        expect(page.locator("#status")).to_have_attribute(
+            "data-state", "reconnecting", timeout=15000
+        )
+        for i in (2, 3, 4):
+            publisher.publish("invoice.sent", {"invoice": f"INV-{i}", "client": "Acme Ltd"})
+        node.start()
+        expect(page.locator("#log tr")).to_have_count(4, timeout=30000)
+        summaries = page.locator("#log tr .summary").all_text_contents()
+        # newest first
+        assert [s.split()[1] for s in summaries] == ["INV-4", "INV-3", "INV-2", "INV-1"]
+        publisher.publish("invoice.sent", {"invoice": "INV-5", "client": "Acme Ltd"})
+        expect(page.locator("#log tr")).to_have_count(5, timeout=15000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo-resumed.png"))
+    finally:
+        page.close()
+        node.stop()
