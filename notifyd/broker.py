@@ -119,20 +119,24 @@ class Broker:
     def of_session(self, session_id: int) -> list[Subscription]:
         return list(self._of_session.get(session_id, {}).values())
 
-    def match(self, topic: str) -> list[Subscription]:
-        """Every ready subscription that receives ``topic``."""
+    def match(self, topic: str, ready: bool = True) -> list[Subscription]:
+        """Every subscription that receives ``topic``: only ready ones (whose
+        binding RabbitMQ confirmed), or with ``ready=False`` also those
+        waiting for a re-bind.  The event log's deliveries use the latter:
+        their sessions got SUBSCRIBED already and the log, unlike this
+        node's queue, kept every event while the binding was away."""
         found: list[Subscription] = []
         sub = self._exact.get(topic)
-        if sub is not None and sub.ready:
+        if sub is not None and (sub.ready or not ready):
             found.append(sub)
         if self._prefix:
             for prefix, sub in self._prefix.items():
-                if sub.ready and topic.startswith(prefix):
+                if (sub.ready or not ready) and topic.startswith(prefix):
                     found.append(sub)
         if self._wildcard:
             parts = topic.split(".")
             for sub in self._wildcard.get(len(parts), {}).values():
-                if sub.ready and wildcard_matches(sub.parts, parts):
+                if (sub.ready or not ready) and wildcard_matches(sub.parts, parts):
                     found.append(sub)
         return found
 

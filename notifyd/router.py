@@ -179,7 +179,7 @@ class Router:
     def on_log_entry(self, offset: int, msg: Any) -> int:
         """Fan one event-log entry out (publication id: offset + 1)."""
         topic = msg.method.routing_key
-        subs = self.broker.match(topic)
+        subs = [sub for sub in self.broker.match(topic, ready=False) if sub.subscribers]
         if not subs:
             self.stats.inc("log_entries_skipped")
             return 0

@@ -292,3 +292,17 @@ def test_stream_follower_skips_the_chunk_head_reports_gaps_and_answers_probes():
     assert probe.result == 10 and log.live_pos == 10
     clock.advance(0)
     assert channel.acks == [(4, True)]  # every delivery acked, in one batch
+
+
+def test_log_entries_reach_sessions_while_their_subscription_waits_for_a_rebind():
+    """After a reconnect the log's backlog can arrive before the node has
+    re-made its bindings: connected sessions must still get it."""
+    router, log, _ = setup(patterns=("invoice.#",))
+    s, t = session(router)
+    subscribe(s, "invoice.sent")
+    subscribe(s, "inv", match="prefix", request=2)  # binds '#' on the node queue
+    router.history.bindings.detach()
+    router.broker.bindings.detach()
+    assert not any(sub.ready for sub in router.broker.subscriptions())
+    log.append("invoice.sent", {"seq": 0})
+    assert seqs(t) == [0, 0]  # once per subscription
