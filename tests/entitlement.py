@@ -136,12 +136,12 @@ def make_scenario(rnd: random.Random, n_events: int = 12) -> Scenario:
             elif kind == "exclude":
                 e.exclude = rnd.sample(range(len(sessions)), rnd.randint(1, len(sessions)))
             elif kind.endswith("authid"):
-                e.headers[f"wamp-{kind}"] = sorted(
-                    rnd.sample([u[0] for u in USERS], rnd.randint(1, 3))
+                e.headers[f"wamp-{kind}"] = ",".join(
+                    sorted(rnd.sample([u[0] for u in USERS], rnd.randint(1, 3)))
                 )
             elif kind.endswith("authrole"):
-                e.headers[f"wamp-{kind}"] = sorted(
-                    rnd.sample(["user", "admin", "auditor"], rnd.randint(1, 2))
+                e.headers[f"wamp-{kind}"] = ",".join(
+                    sorted(rnd.sample(["user", "admin", "auditor"], rnd.randint(1, 2)))
                 )
             else:
                 e.headers[f"wamp-{kind}"] = ",".join(
@@ -152,8 +152,7 @@ def make_scenario(rnd: random.Random, n_events: int = 12) -> Scenario:
 
 
 def _listed(value, item) -> bool:
-    items = value.split(",") if isinstance(value, str) else value
-    return item in items
+    return item in value.split(",")
 
 
 def oracle_entitled(scenario: Scenario, i: int, event: Event) -> bool:

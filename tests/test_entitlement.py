@@ -44,9 +44,9 @@ class FakeSession:
 def headers_for(event, ids):
     h = dict(event.headers)
     if event.eligible is not None:
-        h["wamp-eligible"] = [ids[i] for i in event.eligible]
+        h["wamp-eligible"] = ",".join(str(ids[i]) for i in event.eligible)
     if event.exclude is not None:
-        h["wamp-exclude"] = [ids[i] for i in event.exclude]
+        h["wamp-exclude"] = ",".join(str(ids[i]) for i in event.exclude)
     return h
 
 

@@ -62,6 +62,10 @@ def test_absent_content_type_parses():
         ("a b", props(), b"1", "bad_topic"),
         ("a", props(headers={"wamp-eligible": "1,x"}), b"1", "bad_header"),
         ("a", props(headers={"wamp-eligible": [True]}), b"1", "bad_header"),
+        # arrays are refused: streams would drop them and widen the audience
+        ("a", props(headers={"wamp-eligible": [1, 2]}), b"1", "bad_header"),
+        ("a", props(headers={"wamp-eligible-authid": ["alice"]}), b"1", "bad_header"),
+        ("a", props(headers={"wamp-exclude-extra-account": ["42"]}), b"1", "bad_header"),
         ("a", props(headers={"wamp-exclude-me": "maybe"}), b"1", "bad_header"),
         ("a", props(headers={"wamp-publication": 0}), b"1", "bad_header"),
         ("a", props(headers={"wamp-payload": "other"}), b"1", "bad_header"),
@@ -81,7 +85,7 @@ def test_targeting_headers():
         props(
             headers={
                 "wamp-eligible": "1, 2",
-                "wamp-exclude": [3],
+                "wamp-exclude": "3",
                 "wamp-publisher": 9,
                 "wamp-disclose-me": "true",
                 "wamp-exclude-me": False,

@@ -97,7 +97,7 @@ def test_autobahn_js_ticket_and_wampcra(spawn, secured, publisher):
     publisher.publish(
         "acct.42.invoice.paid", {"n": 3}, headers={"wamp-eligible-extra-account": "43"}
     )
-    publisher.publish("acct.42.invoice.paid", {"n": 4}, headers={"wamp-eligible-authid": ["alice"]})
+    publisher.publish("acct.42.invoice.paid", {"n": 4}, headers={"wamp-eligible-authid": "alice"})
     publisher.publish("acct.1.done", {"n": 5})
     yield alice.wait_events("mine", 2)
     yield billing.wait_events("all", 3)
