@@ -222,7 +222,7 @@ def _not_a_string(name: str) -> BadEvent:
     # vanish and widen the audience.  One form everywhere fails closed.
     return BadEvent(
         "bad_header",
-        f"header {name} must be a comma-separated string such as \"a,b\" (not an array)",
+        f'header {name} must be a comma-separated string such as "a,b" (not an array)',
     )
 
 

@@ -50,6 +50,8 @@ ERROR_NOT_RECOVERED = "notifyd.error.not_recovered"
 #: given any more: reconnect and resume (which reports the gap)
 CLOSE_RESUME_FAILED = "notifyd.close.resume_failed"
 ERROR_HISTORY_UNAVAILABLE = "notifyd.error.history_unavailable"
+#: transient: RabbitMQ (or the stream) cannot be read right now; try again
+ERROR_LOG_UNAVAILABLE = "notifyd.error.log_unavailable"
 
 
 class HistoryError(WampError):
@@ -74,6 +76,9 @@ class Catchup:
         "sub",
         "last",
         "replaying",
+        "answered",
+        "settled",
+        "followers",
         "session_id",
         "authid",
         "authrole",
@@ -86,6 +91,11 @@ class Catchup:
         #: the newest publication id the session has (or had before resuming)
         self.last = last
         self.replaying = True
+        #: SUBSCRIBED was sent; the resume has ended (replayed or failed)
+        self.answered = False
+        self.settled = False
+        #: the SUBSCRIBE requests waiting for this resume's outcome
+        self.followers: list[int] = []
         self.session_id = session.session_id
         self.authid = session.authid
         self.authrole = session.authrole
@@ -213,7 +223,7 @@ class History:
                 # this one: find the log's real end before calling it unknown
                 tail_id = (yield self.log.probe()) + 1
         except (LogUnavailable, defer.TimeoutError):
-            raise HistoryError(ERROR_HISTORY_UNAVAILABLE, "the event log is not reachable")
+            raise HistoryError(ERROR_LOG_UNAVAILABLE, "the event log is not reachable right now")
         if after > tail_id:
             raise HistoryError(
                 ERROR_NOT_RECOVERED,
@@ -243,7 +253,7 @@ class History:
                 except LogUnavailable:
                     if not ready:
                         raise HistoryError(
-                            ERROR_HISTORY_UNAVAILABLE, "the event log is not reachable"
+                            ERROR_LOG_UNAVAILABLE, "the event log is not reachable right now"
                         )
                     # RabbitMQ went away mid-replay: go on where it stopped
                     yield self.log.wait_ready()
@@ -263,7 +273,8 @@ class History:
                 return True  # unsubscribed or gone meanwhile
             if state["first"]:
                 state["first"] = False
-                if offset > start:
+                # after 0 means "all the log still has": no gap to report
+                if offset > start and start != 0:
                     state["gap"] = offset + 1
                     return True
                 on_ready()
@@ -287,7 +298,7 @@ class History:
             yield log.read(start, handle)
         except defer.TimeoutError:
             raise HistoryError(
-                ERROR_HISTORY_UNAVAILABLE,
+                ERROR_LOG_UNAVAILABLE,
                 f"the client read nothing for {self.settings.stall_timeout:g} s during its replay",
             )
         if state["gap"] is not None:
@@ -313,7 +324,7 @@ class History:
         try:
             tail_id = yield self.position()
         except LogUnavailable:
-            raise HistoryError(ERROR_HISTORY_UNAVAILABLE, "the event log is not reachable")
+            raise HistoryError(ERROR_LOG_UNAVAILABLE, "the event log is not reachable right now")
         yield self._readers.acquire()
         try:
             found: list[dict[str, Any]] = []
@@ -355,7 +366,7 @@ class History:
         try:
             yield self.log.read(start, handle)
         except LogUnavailable:
-            raise HistoryError(ERROR_HISTORY_UNAVAILABLE, "the event log is not reachable")
+            raise HistoryError(ERROR_LOG_UNAVAILABLE, "the event log is not reachable right now")
         return batch, first[0] if first else None
 
     # -- retained ---------------------------------------------------------------------------

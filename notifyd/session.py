@@ -52,6 +52,7 @@ from notifyd.events import PayloadError, encode_publication, publication_id
 from notifyd.history import (
     CLOSE_RESUME_FAILED,
     ERROR_HISTORY_UNAVAILABLE,
+    ERROR_LOG_UNAVAILABLE,
     RETAINED_ID_BASE,
     Catchup,
     HistoryError,
@@ -363,6 +364,8 @@ class WampSession:
                 f"{self.authrole!r} may not subscribe to {msg.topic!r} ({match})",
             )
             return
+        if holds and self._join_resume(msg.topic, match, msg.request):
+            return
         resume = (options or {}).get(OPTION_RESUME_AFTER)
         if resume is not None and not holds:
             self._subscribe_resuming(msg, match, resume)
@@ -399,6 +402,22 @@ class WampSession:
             for event in events:
                 self.send_event(event)
 
+    def _join_resume(self, topic: str, match: str, request: int) -> bool:
+        """A SUBSCRIBE for a (topic, match) this session is still resuming is
+        answered with the resume's outcome (the replay already covers it)."""
+        sub = self.router.broker.lookup(topic, match)
+        if sub is None:
+            return False
+        sid = self.session_id
+        entry = sub.pending.get(sid) or sub.subscribers.get(sid)
+        if not isinstance(entry, Catchup) or entry.settled:
+            return False
+        if entry.answered:
+            self.transport.send(message.Subscribed(request, sub.id))
+        else:
+            entry.followers.append(request)
+        return True
+
     def _subscribe_resuming(self, msg: message.Subscribe, match: str, after: Any) -> None:
         """SUBSCRIBE with ``_resume_after``: replay the event log, then live."""
         history = self.router.history
@@ -422,42 +441,47 @@ class WampSession:
             )
             return
         catchup = Catchup(self, None, after)
+        catchup.followers.append(request)
         d = self.router.broker.subscribe(self, msg.topic, match, stand_in=catchup)
-        answered: list[bool] = []
 
         def ready(sub: Subscription) -> None:
+            catchup.answered = True
             if self.state is State.OPEN:
-                answered.append(True)
-                self.transport.send(message.Subscribed(request, sub.id))
+                for req in catchup.followers:
+                    self.transport.send(message.Subscribed(req, sub.id))
 
         def subscribed(sub: Subscription) -> Any:
             self._pending.discard(d)
             catchup.sub = sub
             resumed = history.resume(catchup, sub, after, lambda: ready(sub))
-            resumed.addCallbacks(
-                lambda n: self.router.stats.inc("events_replayed", n),
-                failed,
-                errbackArgs=(sub,),
-            )
+            resumed.addCallbacks(done, failed, errbackArgs=(sub,))
+
+        def done(n: int) -> None:
+            catchup.settled = True
+            self.router.stats.inc("events_replayed", n)
 
         def failed(f: Failure, sub: Subscription) -> None:
-            if self.state is not State.OPEN:
-                return
+            catchup.settled = True
+            sid = self.session_id
+            if self.state is not State.OPEN or (
+                sub.subscribers.get(sid) is not catchup and sub.pending.get(sid) is not catchup
+            ):
+                return  # closed or unsubscribed meanwhile: nobody to tell
             if not f.check(HistoryError):
                 self._log.failure("resume failed", f)
-                f = Failure(HistoryError(ERROR_HISTORY_UNAVAILABLE, "the replay failed"))
+                f = Failure(HistoryError(ERROR_LOG_UNAVAILABLE, "the replay failed; try again"))
             e = f.value
-            if sub.subscribers.get(self.session_id) is catchup:
-                self.router.broker.unsubscribe(self, sub.id)
+            self.router.broker.unsubscribe(self, sub.id)
             self.router.stats.inc("resumes_failed")
-            if answered:  # SUBSCRIBED is out: only a new session can be told
+            if catchup.answered:  # SUBSCRIBED is out: only a new session can be told
                 self.shutdown(CLOSE_RESUME_FAILED)
                 return
-            self.transport.send(
-                message.Error(
-                    msg.MESSAGE_TYPE, request, e.uri, args=[e.text], kwargs=e.details or None
+            for req in catchup.followers:
+                self.transport.send(
+                    message.Error(
+                        msg.MESSAGE_TYPE, req, e.uri, args=[e.text], kwargs=e.details or None
+                    )
                 )
-            )
 
         if not d.called:
             self._pending.add(d)

@@ -306,3 +306,65 @@ def test_log_entries_reach_sessions_while_their_subscription_waits_for_a_rebind(
     assert not any(sub.ready for sub in router.broker.subscriptions())
     log.append("invoice.sent", {"seq": 0})
     assert seqs(t) == [0, 0]  # once per subscription
+
+
+def test_resume_after_zero_is_everything_the_log_still_has():
+    router, log, _ = setup()
+    for i in range(10):
+        log.append("invoice.sent", {"seq": i})
+    log.truncate(8)
+    s, t = session(router)
+    subscribe(s, "invoice.sent", _resume_after=0)
+    assert isinstance(t.sent[-1], message.Subscribed) and seqs(t) == [8, 9]
+
+
+def test_a_second_subscribe_during_a_resume_gets_the_resumes_answer():
+    router, log, _ = setup()
+    router.history.bindings.detach()  # RabbitMQ away: the resume waits
+    for i in range(4):
+        log.append("invoice.sent", {"seq": i})
+    s, t = session(router)
+    subscribe(s, "invoice.sent", request=1, _resume_after=1)
+    subscribe(s, "invoice.sent", request=2)  # e.g. a second notifyd.js subscribe
+    assert not any(isinstance(m, message.Subscribed) for m in t.sent)
+    router.history.bindings.attach(FakeBinder(auto=True))
+    subscribed = [m for m in t.sent if isinstance(m, message.Subscribed)]
+    assert [m.request for m in subscribed] == [1, 2]
+    assert len({m.subscription for m in subscribed}) == 1
+    assert seqs(t) == [1, 2, 3]  # replayed once, not twice
+    log.append("invoice.sent", {"seq": 4})
+    assert seqs(t) == [1, 2, 3, 4]
+
+
+def test_a_failed_resume_refuses_every_waiting_request():
+    router, log, _ = setup()
+    for i in range(10):
+        log.append("invoice.sent", {"seq": i})
+    log.truncate(8)
+    router.history.bindings.detach()
+    s, t = session(router)
+    subscribe(s, "invoice.sent", request=1, _resume_after=2)
+    subscribe(s, "invoice.sent", request=2, _resume_after=2)
+    router.history.bindings.attach(FakeBinder(auto=True))
+    errors = [m for m in t.sent if isinstance(m, message.Error)]
+    assert [(m.request, m.error) for m in errors] == [
+        (1, "notifyd.error.not_recovered"),
+        (2, "notifyd.error.not_recovered"),
+    ]
+    assert router.broker.subscriptions() == []
+
+
+def test_a_replay_given_up_after_unsubscribe_says_nothing():
+    clock = Clock()
+    router, log, _ = setup(clock=clock)
+    for i in range(5):
+        log.append("invoice.sent", {"seq": i})
+    s, t = session(router)
+    t.writable = Deferred
+    subscribe(s, "invoice.sent", _resume_after=0)
+    sub = router.broker.subscriptions()[0]
+    s.on_message(message.Unsubscribe(9, sub.id))
+    assert isinstance(t.sent[-1], message.Unsubscribed)
+    clock.advance(router.history.settings.stall_timeout + 1)
+    assert isinstance(t.sent[-1], message.Unsubscribed)  # no GOODBYE
+    assert router.history._readers.tokens == router.history.settings.readers
