@@ -72,6 +72,14 @@ def _age(value: str) -> str:
     return value
 
 
+_AGE_UNITS = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def age_seconds(value: str) -> float:
+    """A RabbitMQ age such as ``7D`` or ``12h`` in seconds (M: 30 days)."""
+    return float(int(value[:-1]) * _AGE_UNITS[value[-1]])
+
+
 def _exchange(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,255}", value):
         raise ConfigError("must be 1-255 characters of letters, digits, '-', '_', '.' or ':'")

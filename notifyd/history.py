@@ -124,6 +124,10 @@ class HistorySettings:
     readers: int = 8
     #: a replay whose client does not read for this long is given up
     stall_timeout: float = 60.0
+    #: retained events older than this (seconds) are not delivered
+    retained_max_age: float = 30 * 86400.0
+    #: most topics in the retained table (the oldest updates go first)
+    max_retained: int = 100_000
 
 
 def _decode(offset: int, msg: Any, max_size: int, base: int = 1) -> InboundEvent | None:
@@ -154,8 +158,8 @@ class History:
         #: binding keys of subscriptions the log serves entirely: "bound"
         #: while the log is followed, with no binding of this node's queue
         self.bindings = Bindings()
-        #: topic -> newest retained event
-        self.retained: dict[str, InboundEvent] = {}
+        #: topic -> (newest retained event, its time), oldest update first
+        self.retained: dict[str, tuple[InboundEvent, float]] = {}
         self._readers = DeferredSemaphore(settings.readers)
         if clock is None:
             from twisted.internet import reactor as clock
@@ -196,14 +200,21 @@ class History:
         event = _decode(offset, msg, self.settings.max_message_size, RETAINED_ID_BASE + 1)
         if event is not None:
             event.retained = True
-            self.retained[event.topic] = event
+            stamp = event.extra.get("x_timestamp") or self._clock.seconds()
+            table = self.retained
+            table.pop(event.topic, None)  # re-insert: the order is by update
+            table[event.topic] = (event, stamp)
+            while len(table) > self.settings.max_retained:
+                del table[next(iter(table))]
 
     # -- positions -----------------------------------------------------------------
     @inlineCallbacks
     def position(self) -> Any:
-        """The publication id of the newest logged entry (0: empty log)."""
+        """The publication id of the newest logged entry.  Fails at once
+        (:class:`LogUnavailable`) while the log is not followed, so a page
+        render asking for it never hangs on a RabbitMQ outage."""
         if not self.log.ready:
-            yield self.log.wait_ready()
+            raise LogUnavailable()
         tail = yield self.log.tail()
         return tail + 1
 
@@ -376,13 +387,15 @@ class History:
         if not self.retained_log.ready:
             yield self.retained_log.wait_ready()
         if sub.match == "exact":
-            candidates = [self.retained.get(sub.topic)]
+            entry = self.retained.get(sub.topic)
+            candidates = [entry] if entry is not None else []
         else:
             candidates = [e for t, e in self.retained.items() if matches(sub.topic, sub.match, t)]
+        oldest = self._clock.seconds() - self.settings.retained_max_age
         return [
             make_event(sub, e)
-            for e in candidates
-            if e is not None and (not e.filtered or e.receives(session))
+            for e, stamp in candidates
+            if stamp >= oldest and (not e.filtered or e.receives(session))
         ]
 
 

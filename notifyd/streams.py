@@ -36,6 +36,7 @@ import pika
 from pika.exceptions import ChannelClosedByBroker
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 MARKER_HEADER = "x-notifyd-marker"
 PROBE_TIMEOUT = 30.0
@@ -102,6 +103,8 @@ class StreamLog:
         *,
         first_start: str = "next",
         prefetch: int = 512,
+        probe_timeout: float = PROBE_TIMEOUT,
+        probe_on_attach: bool = False,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -125,6 +128,10 @@ class StreamLog:
         self._publish_channel: Any = None
         self._probes: dict[str, Deferred[int]] = {}
         self._acks = AckBatcher(reactor)
+        self._probing: list[Deferred[int]] | None = None
+        self._probed_at = -1e9
+        self.probe_timeout = probe_timeout
+        self.probe_on_attach = probe_on_attach
         self.ready = False
         self._waiting_ready: list[Deferred[None]] = []
 
@@ -150,7 +157,10 @@ class StreamLog:
         self._conn = conn
         self._publish_channel = publish_channel
         self._follow(live, queue)
-        if self.live_pos is None:
+        if self.live_pos is None or self.probe_on_attach:
+            # the marker comes back after everything before it: then the
+            # tail is known (and a table built from the stream is complete)
+            self._probed_at = -1e9
             yield self.probe()
         self.ready = True
         waiting, self._waiting_ready = self._waiting_ready, []
@@ -236,10 +246,21 @@ class StreamLog:
         return self.probe()
 
     def probe(self) -> Deferred[int]:
-        """Append a marker and fire with its offset once the live consumer saw it."""
+        """Append a marker and fire with its offset once the live consumer saw it.
+
+        Probes are shared: while one is in flight, or within a second of the
+        last one, callers get its answer (the live position is at least as
+        new), so no client can make the node write markers at will."""
         channel = self._publish_channel
         if channel is None or not channel.is_open:
             return fail(LogUnavailable())
+        if self._probing is not None:
+            shared: Deferred[int] = Deferred()
+            self._probing.append(shared)
+            return shared
+        if self.live_pos is not None and self._reactor.seconds() - self._probed_at < 1.0:
+            return succeed(self.live_pos)
+        self._probing = []
         token = uuid.uuid4().hex
         d: Deferred[int] = Deferred(lambda _: self._probes.pop(token, None))
         self._probes[token] = d
@@ -258,7 +279,19 @@ class StreamLog:
         published.addErrback(failed)
         # a marker that never comes back means the stream is not working
         # (no leader in a cluster, say): fail, so the connection is retried
-        return d.addTimeout(PROBE_TIMEOUT, self._reactor)
+        d.addTimeout(self.probe_timeout, self._reactor)
+
+        def share(result: Any) -> Any:
+            waiting, self._probing = self._probing or [], None
+            self._probed_at = self._reactor.seconds()
+            for other in waiting:
+                if isinstance(result, Failure):
+                    other.errback(result)
+                else:
+                    other.callback(result)
+            return result
+
+        return d.addBoth(share)
 
     @inlineCallbacks
     def read(self, start: int, handler: Entry) -> Any:

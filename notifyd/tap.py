@@ -181,6 +181,7 @@ def make_history(settings: configmod.Config, reactor: Any) -> History:
             max_events=settings.history_max_events,
             scan_limit=settings.history_scan_limit,
             readers=settings.history_readers,
+            retained_max_age=configmod.age_seconds(settings.retained_max_age),
         ),
         log,
         StreamLog(
@@ -188,6 +189,11 @@ def make_history(settings: configmod.Config, reactor: Any) -> History:
             retained_arguments,
             lambda o, m: history.on_retained_entry(o, m),
             first_start="first",
+            prefetch=settings.prefetch,
+            # every connect reads up to a fresh marker, so the table is
+            # complete before get_retained is answered; that may take a while
+            probe_on_attach=True,
+            probe_timeout=600.0,
             reactor=reactor,
         ),
         clock=reactor,

@@ -106,17 +106,25 @@ class _Position(Resource):
         request.setHeader(b"cache-control", b"no-store")
 
         def done(position: int) -> None:
-            request.write(json.dumps({"position": position}).encode() + b"\n")
-            request.finish()
+            if not gone:
+                request.write(json.dumps({"position": position}).encode() + b"\n")
+                request.finish()
 
         def failed(f: Any) -> None:
-            request.setResponseCode(503)
-            request.write(b'{"error": "the event log is not reachable"}\n')
-            request.finish()
+            if not gone:
+                request.setResponseCode(503)
+                request.write(b'{"error": "the event log is not reachable"}\n')
+                request.finish()
+
+        gone: list[bool] = []
+
+        def lost(_: Any) -> None:
+            gone.append(True)
+            d.cancel()
 
         d = self._position()
         d.addCallbacks(done, failed)
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        request.notifyFinish().addErrback(lost)
         return NOT_DONE_YET
 
 

@@ -368,3 +368,49 @@ def test_a_replay_given_up_after_unsubscribe_says_nothing():
     clock.advance(router.history.settings.stall_timeout + 1)
     assert isinstance(t.sent[-1], message.Unsubscribed)  # no GOODBYE
     assert router.history._readers.tokens == router.history.settings.readers
+
+
+def test_the_retained_table_ages_out_and_is_bounded():
+    clock = Clock()
+    clock.advance(1_000_000)
+    router, log, retained = setup(clock=clock)
+    router.history.settings.max_retained = 2
+    retained.append("invoice.a", {"seq": 1})
+    retained.append("invoice.b", {"seq": 2})
+    retained.append("invoice.a", {"seq": 3})  # an update moves a to the end
+    retained.append("invoice.c", {"seq": 4})  # over the bound: b goes
+    assert sorted(router.history.retained) == ["invoice.a", "invoice.c"]
+    s, t = session(router)
+    subscribe(s, "invoice.", match="prefix", get_retained=True)
+    assert sorted(seqs(t)) == [3, 4]
+    clock.advance(router.history.settings.retained_max_age + 1)
+    s2, t2 = session(router)
+    subscribe(s2, "invoice.", match="prefix", get_retained=True)
+    assert t2.events == []
+
+
+def test_probes_are_shared_and_rate_limited():
+    from notifyd.streams import StreamLog
+
+    class Pub:
+        is_open = True
+
+        def __init__(self):
+            self.markers = []
+
+        def basic_publish(self, exchange, routing_key, body, properties):
+            self.markers.append(properties.headers["x-notifyd-marker"])
+            return Deferred()
+
+    clock = Clock()
+    log = StreamLog("s", {}, lambda o, m: None, reactor=clock)
+    log._publish_channel = pub = Pub()
+    first, second = log.probe(), log.probe()
+    assert len(pub.markers) == 1
+    log._entry(_Channel(), _entry(7, 1, pub.markers[0]))
+    assert first.result == 7 and second.result == 7
+    # within a second the live position answers; later a new marker is written
+    assert log.probe().result == 7 and len(pub.markers) == 1
+    clock.advance(1.5)
+    log.probe()
+    assert len(pub.markers) == 2
