@@ -165,6 +165,12 @@ def _role(value: str) -> str:
     return value
 
 
+def _roles(values: list[str]) -> list[str]:
+    for v in values:
+        _role(v)
+    return values
+
+
 def _claims(values: list[str]) -> list[str]:
     for v in values:
         _claim(v)
@@ -439,6 +445,15 @@ SETTINGS: tuple[Setting, ...] = (
         5.0,
         "On stop, how long to wait for clients to answer GOODBYE before dropping them, in seconds.",
         _range(0, 600),
+    ),
+    Setting(
+        "meta_api_roles",
+        list,
+        [],
+        "Roles that may call the meta procedures that reveal other sessions "
+        "(wamp.session.count, wamp.subscription.list_subscribers) (repeatable; "
+        "default: none).",
+        _roles,
     ),
     Setting(
         "history",

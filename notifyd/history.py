@@ -343,6 +343,7 @@ class History:
             window = max(256, 4 * limit)
             scanned = 0
             while end >= 0 and len(found) < limit and scanned < self.settings.scan_limit:
+                window = min(window, self.settings.scan_limit - scanned)
                 start = max(0, end - window + 1)
                 batch, first = yield self._scan(session, sub, start, end)
                 found[:0] = batch

@@ -7,6 +7,8 @@ answer is about this node (a session on another node behind the load balancer
 is not counted) and shows only subscriptions the caller could hold itself:
 a subscription whose topic the caller may not subscribe to does not exist for
 it (``wamp.error.no_such_subscription``, ``null`` or left out of lists).
+``wamp.session.count`` and ``wamp.subscription.list_subscribers`` reveal
+other sessions: only roles in ``meta_api_roles`` may call them.
 
 =================================== =============================================
 ``wamp.session.count``              ``([authroles])`` → sessions on this node
@@ -39,6 +41,11 @@ from notifyd.topics import MATCH_POLICIES, InvalidTopic, matches, validate_patte
 if TYPE_CHECKING:
     from notifyd.broker import Subscription
     from notifyd.session import WampSession
+
+
+#: get_events calls one session may have running (they share the node's readers)
+MAX_HISTORY_CALLS = 2
+ERROR_BUSY = "notifyd.error.busy"
 
 
 class CallError(wamp.WampError):
@@ -100,7 +107,16 @@ class MetaApi:
         return sub
 
     # -- procedures -----------------------------------------------------------------
+    @staticmethod
+    def _may_see_sessions(session: WampSession) -> None:
+        if session.authrole not in session.router.policy.meta_roles:
+            raise CallError(
+                wamp.ERROR_NOT_AUTHORIZED,
+                f"{session.authrole!r} may not see other sessions (meta_api_roles)",
+            )
+
     def session_count(self, session: WampSession, args: list, kwargs: dict) -> int:
+        self._may_see_sessions(session)
         roles = _arg(args, kwargs, 0, "filter_authroles", None)
         sessions = session.router.sessions.values()
         if roles is None:
@@ -147,6 +163,7 @@ class MetaApi:
         return {"id": sub.id, "created": sub.created, "uri": sub.topic, "match": sub.match}
 
     def list_subscribers(self, session: WampSession, args: list, kwargs: dict) -> list[int]:
+        self._may_see_sessions(session)
         sub = self._subscription(session, args, kwargs)
         return list(sub.subscribers)
 
@@ -164,7 +181,17 @@ class MetaApi:
                 ERROR_HISTORY_UNAVAILABLE,
                 f"events of {sub.topic!r} ({sub.match}) are not (all) kept in the event log",
             )
-        return history.get_events(session, sub, limit)
+        if session.history_calls >= MAX_HISTORY_CALLS:
+            raise CallError(
+                ERROR_BUSY, f"at most {MAX_HISTORY_CALLS} history calls at once per session"
+            )
+        session.history_calls += 1
+
+        def done(result: Any) -> Any:
+            session.history_calls -= 1
+            return result
+
+        return history.get_events(session, sub, limit).addBoth(done)
 
     def position(self, session: WampSession, args: list, kwargs: dict) -> Any:
         history = session.router.history

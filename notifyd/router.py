@@ -55,6 +55,8 @@ class Policy:
     ticket: TicketAuthenticator | None = None
     cra: CraAuthenticator | None = None
     anonymous_role: str = "anonymous"
+    #: roles that may see other sessions through the meta API
+    meta_roles: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.authorizer is None:
@@ -151,8 +153,12 @@ class Router:
         ``notifyd.close.resume_failed``; on reconnect its resume reports the
         gap to the client."""
         self.stats.inc("log_gaps")
+        overlaps = self.history.patterns.overlaps
         for session in list(self.sessions.values()):
-            if self.broker.of_session(session.session_id):
+            if any(
+                sub.logged or overlaps(sub.key)
+                for sub in self.broker.of_session(session.session_id)
+            ):
                 session.shutdown(CLOSE_RESUME_FAILED)
 
     def on_delivery(self, routing_key: str, properties: Any, body: bytes) -> int:

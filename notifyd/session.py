@@ -113,6 +113,8 @@ class WampSession:
         self.authmethod: str | None = None
         self.authextra: dict[str, Any] = {}
         self._pending: set[Deferred[Subscription]] = set()
+        #: wamp.subscription.get_events calls running (see notifyd.meta)
+        self.history_calls = 0
         self._challenge: tuple[str, Any] | None = None
         # the broker calls this once per delivery: no extra frame in between
         self.send_event = transport.send_event

@@ -152,6 +152,7 @@ def make_policy(settings: configmod.Config) -> Policy:
         authorizer=Authorizer(roles, tuple(settings.allow_publish), users),
         ticket=ticket,
         cra=CraAuthenticator(users) if users else None,
+        meta_roles=tuple(settings.meta_api_roles),
     )
 
 

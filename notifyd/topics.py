@@ -191,6 +191,25 @@ def amqp_contains(outer: str, inner: str) -> bool:
     return True
 
 
+def amqp_intersects(a: str, b: str) -> bool:
+    """Is there a routing key (of at least one word) both binding keys match?"""
+    x, y = a.split("."), b.split(".")
+    symbols = {w for w in x + y if w not in ("#", "*")} | {"\0"}
+    start = (_closure(x, {0}), _closure(y, {0}), False)
+    seen = {start}
+    todo = [start]
+    while todo:
+        xs, ys, some = todo.pop()
+        if some and len(x) in xs and len(y) in ys:
+            return True
+        for word in symbols:
+            state = (_step(x, xs, word), _step(y, ys, word), True)
+            if state[0] and state[1] and state not in seen:
+                seen.add(state)
+                todo.append(state)
+    return False
+
+
 class PatternSet:
     """A set of AMQP binding keys (the topics that keep history)."""
 
@@ -204,6 +223,10 @@ class PatternSet:
     def matches(self, routing_key: str) -> bool:
         """Does some key match this routing key?"""
         return self._regex.fullmatch("." + routing_key) is not None
+
+    def overlaps(self, key: str) -> bool:
+        """Does binding key ``key`` receive some routing key of the set?"""
+        return any(amqp_intersects(k, key) for k in self.keys)
 
     def covers(self, key: str) -> bool:
         """Is every routing key binding key ``key`` receives matched by one

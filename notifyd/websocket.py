@@ -64,6 +64,9 @@ SERIALIZERS = {
 _UNSERIALIZABLE = object()
 
 
+_log = Logger()
+
+
 class _Flusher:
     """Writes each connection's EVENT frames once per reactor turn.
 
@@ -86,7 +89,11 @@ class _Flusher:
         self._call = None
         dirty, self._dirty = self._dirty, []
         for proto in dirty:
-            proto.flush()
+            try:
+                proto.flush()
+            except Exception:
+                proto._out = None  # never leave a connection without a flush
+                _log.failure("writing to {peer} failed", peer=proto.peer)
 
 
 class _Pressure:
@@ -434,6 +441,7 @@ def _write(transport: Any, data: bytes) -> None:
     always take the normal path."""
     if (
         type(transport) is _TCPServer
+        and not transport.TLS
         and not transport.dataBuffer
         and not transport._tempDataBuffer
         and transport.connected

@@ -24,6 +24,7 @@ class Sock:
 class Transport:
     def __init__(self, takes, buffered=b""):
         self.socket = Sock(takes)
+        self.TLS = False
         self.dataBuffer = buffered
         self._tempDataBuffer = []
         self.connected = True

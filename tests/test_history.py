@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 from autobahn.twisted.wamp import ApplicationSession
 from autobahn.twisted.websocket import WampWebSocketClientFactory
+from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import ComponentConfig, SubscribeOptions
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
@@ -174,7 +175,7 @@ def test_resume_from_before_retention_is_not_recovered(spawn, publisher, stream)
 
 @pytest_twisted.inlineCallbacks
 def test_get_events_and_meta_api_from_autobahn_js(spawn, publisher, stream):
-    node = yield spawn.notifyd(*history_args(stream))
+    node = yield spawn.notifyd(*history_args(stream, "--meta-api-roles", "anonymous"))
     client = yield spawn.js(node.url)
     yield publish_seq(publisher, 0, 30)
     r = yield client.subscribe("s", TOPIC)
@@ -358,5 +359,10 @@ def test_autobahn_python_retained_get_events_and_meta(spawn, publisher, stream):
     assert (yield session.call("wamp.subscription.match", "invoice.paid")) == [sub.id]
     info = yield session.call("wamp.subscription.get", sub.id)
     assert info["uri"] == "invoice." and info["match"] == "prefix"
-    assert (yield session.call("wamp.session.count")) == 1
+    # without meta_api_roles, other sessions stay hidden
+    with pytest.raises(ApplicationError) as e:
+        yield session.call("wamp.session.count")
+    assert e.value.error == "wamp.error.not_authorized"
+    with pytest.raises(ApplicationError):
+        yield session.call("wamp.subscription.list_subscribers", sub.id)
     session.leave()

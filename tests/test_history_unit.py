@@ -235,10 +235,15 @@ def test_a_gap_in_the_live_log_closes_subscribed_sessions():
     router, log, _ = setup()
     s, t = session(router)
     idle, t2 = session(router)
+    other, t3 = session(router)
+    wide, t4 = session(router)
     subscribe(s, "invoice.sent")
+    subscribe(other, "client.created")  # not logged: nothing was missed
+    subscribe(wide, "inv", match="prefix")  # binds '#': gets logged topics too
     router.log_gap(10, 20)
     assert t.sent[-1].reason == "notifyd.close.resume_failed"
-    assert not any(isinstance(m, message.Goodbye) for m in t2.sent)
+    assert t4.sent[-1].reason == "notifyd.close.resume_failed"
+    assert not any(isinstance(m, message.Goodbye) for m in t2.sent + t3.sent)
 
 
 class _Queue:

@@ -12,6 +12,7 @@ from notifyd.topics import (
     InvalidTopic,
     PatternSet,
     amqp_contains,
+    amqp_intersects,
     amqp_matches,
     binding_key,
     matches,
@@ -127,3 +128,5 @@ def test_amqp_contains_agrees_with_brute_force(outer, inner):
     assert amqp_contains(outer, inner) == brute
     patterns = PatternSet([outer])
     assert [patterns.matches(k) for k in keys] == [amqp_matches(outer, k) for k in keys]
+    both = any(amqp_matches(outer, k) and amqp_matches(inner, k) for k in keys)
+    assert amqp_intersects(outer, inner) == both
