@@ -366,3 +366,18 @@ def test_autobahn_python_retained_get_events_and_meta(spawn, publisher, stream):
     with pytest.raises(ApplicationError):
         yield session.call("wamp.subscription.list_subscribers", sub.id)
     session.leave()
+
+
+@pytest_twisted.inlineCallbacks
+def test_notifyd_js_resumes_a_subscription_that_had_no_event_yet(spawn, publisher, stream):
+    node = yield spawn.notifyd(*history_args(stream))
+    client = spawn.track(Resilient(node.url))
+    yield client.start(TOPIC)
+    yield client.wait_report(lambda r: len(subscribed(client)) == 1)
+    client.command("cut")
+    yield client.wait_report(lambda r: r["ev"] == "state" and r["state"] == "reconnecting")
+    yield publish_seq(publisher, 0, 20)
+    client.command("go")
+    yield client.wait_report(lambda r: len(client.events()) >= 20)
+    assert [e["args"][0]["seq"] for e in client.events()] == list(range(20))
+    assert subscribed(client)[1]["resumed"]

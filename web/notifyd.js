@@ -49,6 +49,7 @@
   var LOG_ID_LIMIT = Math.pow(2, 51);
   var NOT_RECOVERED = "notifyd.error.not_recovered";
   var NO_HISTORY = "notifyd.error.history_unavailable";
+  var LOG_UNAVAILABLE = "notifyd.error.log_unavailable";
 
   function defaultUrl() {
     if (typeof location === "undefined") {
@@ -304,6 +305,7 @@
     conn.onopen = function (session) {
       if (conn !== self._connection) { return; }
       self._session = session;
+      self._position = null; // asked once per session, when needed
       deferTransportClose(conn);
       self._delay = self._backoff.initial;
       if (self._everLive) { self.reconnects += 1; }
@@ -343,10 +345,36 @@
     }, delay * 1000);
   };
 
+  /* The router's newest log position, asked once per session: a subscription
+   * that has no position yet starts from it, so that even before its first
+   * event a reconnect can resume (nothing published meanwhile is lost). */
+  Notifier.prototype._positionNow = function (session) {
+    if (!this._position) {
+      this._position = session.call("notifyd.history.position").then(function (p) {
+        return { position: typeof p === "number" ? p : null, error: null };
+      }, function (err) {
+        return { position: null, error: err && err.error ? err.error : String(err) };
+      });
+    }
+    return this._position;
+  };
+
   Notifier.prototype._subscribeOne = function (w) {
     var self = this;
     var session = this._session;
     if (!session) { return; }
+    if (!w.noResume && w.last === null && w.resumeAfter === null && !w.asked) {
+      w.asked = true;
+      this._positionNow(session).then(function (r) {
+        if (r.position !== null && w.last === null && w.resumeAfter === null) {
+          w.resumeAfter = r.position;
+        } else if (r.error && r.error !== LOG_UNAVAILABLE) {
+          w.noResume = true; // no history on this router
+        }
+        if (session === self._session && self._wanted.indexOf(w) >= 0) { self._subscribeOne(w); }
+      });
+      return;
+    }
     var opts = {};
     if (w.options.match && w.options.match !== "exact") { opts.match = w.options.match; }
     var resume = w.noResume ? null : (w.last !== null ? w.last : w.resumeAfter);
@@ -364,6 +392,7 @@
         return;
       }
       w.sub = sub;
+      w.retryDelay = 0;
       if (opts.get_retained) { w.gotRetained = true; }
       self._emit("subscribed", {
         topic: w.topic,
@@ -374,6 +403,14 @@
     }, function (err) {
       var uri = err && err.error ? err.error : String(err);
       if (session === self._session && opts._resume_after !== undefined) {
+        if (uri === LOG_UNAVAILABLE) {
+          // the router cannot read its log just now: try the resume again
+          w.retryDelay = Math.min((w.retryDelay || 0.5) * 2, 30);
+          setTimeout(function () {
+            if (session === self._session && self._wanted.indexOf(w) >= 0) { self._subscribeOne(w); }
+          }, w.retryDelay * 1000);
+          return;
+        }
         if (uri === NO_HISTORY) {
           // this topic keeps no history: plain subscriptions from now on
           w.noResume = true;
@@ -459,6 +496,8 @@
       last: null,
       resumeAfter: typeof resumeAfter === "number" ? resumeAfter : null,
       noResume: options.resume === false,
+      asked: false,
+      retryDelay: 0,
       gotRetained: false,
     };
     w.handle = {

@@ -27,6 +27,13 @@ function fakeAutobahn() {
       this.unsubscribes.push(sub.topic);
       return Promise.resolve(true);
     }
+    call(procedure) {
+      this.calls = (this.calls || []).concat([procedure]);
+      // a router without history (set .position to answer like one with it)
+      return this.position === undefined
+        ? Promise.reject({ error: "wamp.error.no_such_procedure" })
+        : Promise.resolve(this.position);
+    }
   }
   class Connection {
     constructor(options) {
@@ -271,3 +278,45 @@ function fakeSessionClass() {
   c.onopen = () => {};
   return Object.getPrototypeOf(c.join(0)).constructor;
 }
+
+test("asks the router's position before the first subscribe, so a reconnect can resume", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const ab = fakeAutobahn();
+  const n = connect(ab);
+  n.subscribe("invoice.sent");
+  const conn = ab.connections[0];
+  conn.session = new (fakeSessionClass())(1);
+  conn.session.position = 500;
+  conn.onopen(conn.session, {});
+  await settle();
+  await settle();
+  assert.deepEqual(conn.session.calls, ["notifyd.history.position"]);
+  assert.deepEqual(conn.session.subscribes.map((x) => x.options), [{ _resume_after: 500 }]);
+  // no event arrived; after a reconnect it still resumes from there
+  conn.lose();
+  t.mock.timers.tick(1000);
+  const s2 = ab.connections[1].join(2);
+  await settle();
+  assert.deepEqual(s2.subscribes.map((x) => x.options), [{ _resume_after: 500 }]);
+});
+
+test("retries a resume the router could not serve just now", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const ab = fakeAutobahn();
+  const n = connect(ab, { resumeAfter: 9 });
+  const errors = [];
+  n.on("error", (e) => errors.push(e));
+  n.subscribe("invoice.sent");
+  const conn = ab.connections[0];
+  conn.session = new (fakeSessionClass())(1);
+  conn.session.failures = [{ error: "notifyd.error.log_unavailable", args: ["later"] }];
+  conn.onopen(conn.session, {});
+  await settle();
+  await settle();
+  assert.equal(conn.session.subscribes.length, 1);
+  t.mock.timers.tick(1000);
+  await settle();
+  assert.deepEqual(conn.session.subscribes.map((x) => x.options),
+                   [{ _resume_after: 9 }, { _resume_after: 9 }]);
+  assert.deepEqual(errors, []);
+});
