@@ -378,6 +378,6 @@ def test_notifyd_js_resumes_a_subscription_that_had_no_event_yet(spawn, publishe
     yield client.wait_report(lambda r: r["ev"] == "state" and r["state"] == "reconnecting")
     yield publish_seq(publisher, 0, 20)
     client.command("go")
-    yield client.wait_report(lambda r: len(client.events()) >= 20)
+    yield client.wait_report(lambda r: len(client.events()) >= 20 and len(subscribed(client)) == 2)
     assert [e["args"][0]["seq"] for e in client.events()] == list(range(20))
     assert subscribed(client)[1]["resumed"]
