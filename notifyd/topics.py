@@ -19,6 +19,7 @@ A WAMP topic is an AMQP routing key on the events exchange.  The rules:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 MATCH_EXACT = "exact"
 MATCH_PREFIX = "prefix"
@@ -163,51 +164,37 @@ def _step(parts: list[str], states: frozenset[int], word: str) -> frozenset[int]
     return _closure(parts, nxt)
 
 
+def _walk(x: list[str], y: list[str], need_y: bool) -> Iterator[tuple[frozenset, frozenset]]:
+    """The (x states, y states) pairs two binding keys' automata reach
+    together after one word or more, over the literal words they name plus
+    one word neither names (which stands for all others).  Paths on which x
+    is dead are cut, and with ``need_y`` also those on which y is."""
+    symbols = {w for w in x + y if w not in ("#", "*")} | {"\0"}
+    todo = [(_closure(x, {0}), _closure(y, {0}))]
+    seen: set[tuple[frozenset, frozenset]] = set()
+    while todo:
+        xs, ys = todo.pop()
+        for word in symbols:
+            state = (_step(x, xs, word), _step(y, ys, word))
+            if state[0] and (state[1] or not need_y) and state not in seen:
+                seen.add(state)
+                todo.append(state)
+                yield state
+
+
 def amqp_contains(outer: str, inner: str) -> bool:
     """Does binding key ``outer`` match every routing key ``inner`` matches?
 
-    Exact for non-empty routing keys, by exploring both patterns' automata
-    together over the literal words they name plus one word neither names.
+    Exact for non-empty routing keys (topics have at least one word).
     """
-    h, b = outer.split("."), inner.split(".")
-    symbols = {w for w in h + b if w not in ("#", "*")} | {"\0"}
-    # states: (inner's states, outer's states, read at least one word?)
-    start = (_closure(b, {0}), _closure(h, {0}), False)
-    seen = {start}
-    todo = [start]
-    while todo:
-        bs, hs, some = todo.pop()
-        # topics have at least one word: the empty routing key does not count
-        if some and len(b) in bs and len(h) not in hs:
-            return False
-        for word in symbols:
-            nb = _step(b, bs, word)
-            if not nb:
-                continue
-            state = (nb, _step(h, hs, word), True)
-            if state not in seen:
-                seen.add(state)
-                todo.append(state)
-    return True
+    b, h = inner.split("."), outer.split(".")
+    return not any(len(b) in bs and len(h) not in hs for bs, hs in _walk(b, h, False))
 
 
 def amqp_intersects(a: str, b: str) -> bool:
     """Is there a routing key (of at least one word) both binding keys match?"""
     x, y = a.split("."), b.split(".")
-    symbols = {w for w in x + y if w not in ("#", "*")} | {"\0"}
-    start = (_closure(x, {0}), _closure(y, {0}), False)
-    seen = {start}
-    todo = [start]
-    while todo:
-        xs, ys, some = todo.pop()
-        if some and len(x) in xs and len(y) in ys:
-            return True
-        for word in symbols:
-            state = (_step(x, xs, word), _step(y, ys, word), True)
-            if state[0] and state[1] and state not in seen:
-                seen.add(state)
-                todo.append(state)
-    return False
+    return any(len(x) in xs and len(y) in ys for xs, ys in _walk(x, y, True))
 
 
 class PatternSet:
