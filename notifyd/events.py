@@ -23,14 +23,14 @@ AMQP → WAMP (every message this node's queue receives):
   ``wamp-publisher``    session id of the publishing WAMP session
   ``wamp-exclude-me``   bool, default true: do not deliver to the publisher
   ``wamp-disclose-me``  bool: put the publisher in ``details.publisher``
-  ``wamp-eligible``     session ids that may receive it (array of integers,
-                        or a string of comma-separated integers)
+  ``wamp-eligible``     session ids that may receive it (a string of
+                        comma-separated integers; arrays are refused)
   ``wamp-exclude``      session ids that must not receive it (same format)
   ``wamp-payload``      ``envelope`` (see above)
   ====================  ======================================================
 
-  Targeting by identity (lists of strings: an AMQP array, or a string of
-  comma-separated values)::
+  Targeting by identity (a string of comma-separated values; an AMQP array
+  is refused, because RabbitMQ streams drop array headers)::
 
     wamp-eligible-authid    wamp-exclude-authid
     wamp-eligible-authrole  wamp-exclude-authrole

@@ -91,11 +91,12 @@ class Catchup:
         #: the newest publication id the session has (or had before resuming)
         self.last = last
         self.replaying = True
-        #: SUBSCRIBED was sent; the resume has ended (replayed or failed)
+        #: SUBSCRIBED was sent
         self.answered = False
+        #: the resume has ended (replayed, or failed)
         self.settled = False
-        #: the SUBSCRIBE requests waiting for this resume's outcome
-        self.followers: list[int] = []
+        #: (request, asked for a resume) of the SUBSCRIBEs waiting for the outcome
+        self.followers: list[tuple[int, bool]] = []
         self.session_id = session.session_id
         self.authid = session.authid
         self.authrole = session.authrole

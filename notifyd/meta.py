@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import maybeDeferred
 
 from notifyd import wamp
-from notifyd.history import ERROR_HISTORY_UNAVAILABLE
+from notifyd.history import ERROR_HISTORY_UNAVAILABLE, ERROR_LOG_UNAVAILABLE
+from notifyd.streams import LogUnavailable
 from notifyd.topics import MATCH_POLICIES, InvalidTopic, matches, validate_pattern, validate_topic
 
 if TYPE_CHECKING:
@@ -197,4 +198,9 @@ class MetaApi:
         history = session.router.history
         if history is None:
             raise CallError(ERROR_HISTORY_UNAVAILABLE, "this router keeps no event history")
-        return history.position()
+
+        def unavailable(f: Any) -> Any:
+            f.trap(LogUnavailable)
+            raise CallError(ERROR_LOG_UNAVAILABLE, "the event log is not reachable right now")
+
+        return history.position().addErrback(unavailable)

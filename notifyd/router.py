@@ -154,11 +154,15 @@ class Router:
         gap to the client."""
         self.stats.inc("log_gaps")
         overlaps = self.history.patterns.overlaps
-        for session in list(self.sessions.values()):
-            if any(
-                sub.logged or overlaps(sub.key)
-                for sub in self.broker.of_session(session.session_id)
-            ):
+        affected = {
+            sid
+            for sub in self.broker.subscriptions()
+            if sub.logged or overlaps(sub.key)
+            for sid in (*sub.subscribers, *sub.pending)
+        }
+        for sid in affected:
+            session = self.sessions.get(sid)
+            if session is not None:
                 session.shutdown(CLOSE_RESUME_FAILED)
 
     def on_delivery(self, routing_key: str, properties: Any, body: bytes) -> int:

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from autobahn.util import generate_token
 from autobahn.wamp import message
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -366,16 +366,18 @@ class WampSession:
                 f"{self.authrole!r} may not subscribe to {msg.topic!r} ({match})",
             )
             return
-        if holds and self._join_resume(msg.topic, match, msg.request):
-            return
         resume = (options or {}).get(OPTION_RESUME_AFTER)
+        if holds and self._join_resume(msg.topic, match, msg.request, resume is not None):
+            return
         if resume is not None and not holds:
             self._subscribe_resuming(msg, match, resume)
             return
-        d = self.router.broker.subscribe(self, msg.topic, match)
-        request = msg.request
+        self._subscribe_plain(msg.request, msg.topic, match, bool(msg.get_retained))
+
+    def _subscribe_plain(self, request: int, topic: str, match: str, get_retained: bool) -> None:
+        d = self.router.broker.subscribe(self, topic, match)
         history = self.router.history
-        retained = bool(msg.get_retained) and history is not None
+        retained = get_retained and history is not None
 
         def subscribed(sub: Subscription) -> None:
             self._pending.discard(d)
@@ -404,9 +406,10 @@ class WampSession:
             for event in events:
                 self.send_event(event)
 
-    def _join_resume(self, topic: str, match: str, request: int) -> bool:
+    def _join_resume(self, topic: str, match: str, request: int, resuming: bool) -> bool:
         """A SUBSCRIBE for a (topic, match) this session is still resuming is
-        answered with the resume's outcome (the replay already covers it)."""
+        answered with the resume's outcome (the replay already covers it); a
+        plain one that finds the resume failed is subscribed plainly then."""
         sub = self.router.broker.lookup(topic, match)
         if sub is None:
             return False
@@ -416,8 +419,15 @@ class WampSession:
             return False
         if entry.answered:
             self.transport.send(message.Subscribed(request, sub.id))
+        elif len(entry.followers) >= self.router.policy.max_subscriptions:
+            self._error(
+                message.Subscribe.MESSAGE_TYPE,
+                request,
+                ERROR_TOO_MANY_SUBSCRIPTIONS,
+                "too many SUBSCRIBEs waiting for the same resume",
+            )
         else:
-            entry.followers.append(request)
+            entry.followers.append((request, resuming))
         return True
 
     def _subscribe_resuming(self, msg: message.Subscribe, match: str, after: Any) -> None:
@@ -443,19 +453,25 @@ class WampSession:
             )
             return
         catchup = Catchup(self, None, after)
-        catchup.followers.append(request)
+        catchup.followers.append((request, True))
         d = self.router.broker.subscribe(self, msg.topic, match, stand_in=catchup)
 
-        def ready(sub: Subscription) -> None:
+        def ready(sub: Subscription, retained: list[Any]) -> None:
             catchup.answered = True
             if self.state is State.OPEN:
-                for req in catchup.followers:
+                for req, _ in catchup.followers:
                     self.transport.send(message.Subscribed(req, sub.id))
+                # the retained events first: the replay is newer than they are
+                self._send_retained(retained)
 
         def subscribed(sub: Subscription) -> Any:
             self._pending.discard(d)
             catchup.sub = sub
-            resumed = history.resume(catchup, sub, after, lambda: ready(sub))
+            retained = history.retained_for(self, sub) if msg.get_retained else succeed([])
+            retained.addCallback(start, sub).addErrback(failed, sub)
+
+        def start(events: list[Any], sub: Subscription) -> None:
+            resumed = history.resume(catchup, sub, after, lambda: ready(sub, events))
             resumed.addCallbacks(done, failed, errbackArgs=(sub,))
 
         def done(n: int) -> None:
@@ -478,12 +494,15 @@ class WampSession:
             if catchup.answered:  # SUBSCRIBED is out: only a new session can be told
                 self.shutdown(CLOSE_RESUME_FAILED)
                 return
-            for req in catchup.followers:
-                self.transport.send(
-                    message.Error(
-                        msg.MESSAGE_TYPE, req, e.uri, args=[e.text], kwargs=e.details or None
+            for req, resuming in catchup.followers:
+                if resuming:
+                    self.transport.send(
+                        message.Error(
+                            msg.MESSAGE_TYPE, req, e.uri, args=[e.text], kwargs=e.details or None
+                        )
                     )
-                )
+                else:  # it never asked for a resume: it gets a plain subscription
+                    self._subscribe_plain(req, msg.topic, match, False)
 
         if not d.called:
             self._pending.add(d)

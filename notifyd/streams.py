@@ -40,6 +40,8 @@ from twisted.python.failure import Failure
 
 MARKER_HEADER = "x-notifyd-marker"
 PROBE_TIMEOUT = 30.0
+#: at most one marker per this many seconds per node
+PROBE_INTERVAL = 1.0
 OFFSET_HEADER = "x-stream-offset"
 
 
@@ -128,7 +130,10 @@ class StreamLog:
         self._publish_channel: Any = None
         self._probes: dict[str, Deferred[int]] = {}
         self._acks = AckBatcher(reactor)
+        #: callers of probe() waiting for the next marker / the one on its way
+        self._want: list[Deferred[int]] = []
         self._probing: list[Deferred[int]] | None = None
+        self._probe_call: Any = None
         self._probed_at = -1e9
         self.probe_timeout = probe_timeout
         self.probe_on_attach = probe_on_attach
@@ -196,6 +201,12 @@ class StreamLog:
         probes, self._probes = self._probes, {}
         for d in probes.values():
             d.errback(LogUnavailable())
+        if self._probe_call is not None and self._probe_call.active():
+            self._probe_call.cancel()
+        self._probe_call = None
+        waiting, self._want = self._want, []
+        for d in waiting:
+            d.errback(LogUnavailable())
 
     def wait_ready(self) -> Deferred[None]:
         """Fires once the log is followed and its tail is known."""
@@ -246,21 +257,38 @@ class StreamLog:
         return self.probe()
 
     def probe(self) -> Deferred[int]:
-        """Append a marker and fire with its offset once the live consumer saw it.
+        """Append a marker; fire with its offset once the live consumer saw it.
 
-        Probes are shared: while one is in flight, or within a second of the
-        last one, callers get its answer (the live position is at least as
-        new), so no client can make the node write markers at will."""
+        The answer is always at least as new as the call: a caller that
+        arrives while a marker is on its way waits for the next one.  Markers
+        are written at most once a second, and every caller waiting for the
+        next one shares it, so no client can make the node write markers at
+        will (a caller may wait up to a second)."""
+        if self._publish_channel is None or not self._publish_channel.is_open:
+            return fail(LogUnavailable())
+        d: Deferred[int] = Deferred()
+        self._want.append(d)
+        if self._probing is None and self._probe_call is None:
+            self._schedule_probe()
+        return d
+
+    def _schedule_probe(self) -> None:
+        wait = self._probed_at + PROBE_INTERVAL - self._reactor.seconds()
+        if wait > 0:
+            self._probe_call = self._reactor.callLater(wait, self._send_probe)
+        else:
+            self._send_probe()
+
+    def _send_probe(self) -> None:
+        self._probe_call = None
+        waiting, self._want = self._want, []
         channel = self._publish_channel
         if channel is None or not channel.is_open:
-            return fail(LogUnavailable())
-        if self._probing is not None:
-            shared: Deferred[int] = Deferred()
-            self._probing.append(shared)
-            return shared
-        if self.live_pos is not None and self._reactor.seconds() - self._probed_at < 1.0:
-            return succeed(self.live_pos)
-        self._probing = []
+            for w in waiting:
+                w.errback(LogUnavailable())
+            return
+        self._probing = waiting
+        self._probed_at = self._reactor.seconds()
         token = uuid.uuid4().hex
         d: Deferred[int] = Deferred(lambda _: self._probes.pop(token, None))
         self._probes[token] = d
@@ -281,17 +309,17 @@ class StreamLog:
         # (no leader in a cluster, say): fail, so the connection is retried
         d.addTimeout(self.probe_timeout, self._reactor)
 
-        def share(result: Any) -> Any:
-            waiting, self._probing = self._probing or [], None
-            self._probed_at = self._reactor.seconds()
-            for other in waiting:
+        def answer(result: Any) -> None:
+            answered, self._probing = self._probing or [], None
+            for w in answered:
                 if isinstance(result, Failure):
-                    other.errback(result)
+                    w.errback(result.value if result.check(LogUnavailable) else LogUnavailable())
                 else:
-                    other.callback(result)
-            return result
+                    w.callback(result)
+            if self._want and self._probe_call is None:
+                self._schedule_probe()
 
-        return d.addBoth(share)
+        d.addBoth(answer)
 
     @inlineCallbacks
     def read(self, start: int, handler: Entry) -> Any:

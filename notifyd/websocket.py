@@ -92,8 +92,11 @@ class _Flusher:
             try:
                 proto.flush()
             except Exception:
-                proto._out = None  # never leave a connection without a flush
-                _log.failure("writing to {peer} failed", peer=proto.peer)
+                # its queued EVENTs are lost: drop the connection, so that the
+                # client reconnects (and resumes) instead of living with a gap
+                proto._out = None
+                _log.failure("writing to {peer} failed; dropping it", peer=proto.peer)
+                proto.dropConnection(abort=True)
 
 
 class _Pressure:

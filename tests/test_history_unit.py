@@ -394,8 +394,8 @@ def test_the_retained_table_ages_out_and_is_bounded():
     assert t2.events == []
 
 
-def test_probes_are_shared_and_rate_limited():
-    from notifyd.streams import StreamLog
+def test_probes_are_shared_fresh_and_rate_limited():
+    from notifyd.streams import LogUnavailable, StreamLog
 
     class Pub:
         is_open = True
@@ -410,12 +410,61 @@ def test_probes_are_shared_and_rate_limited():
     clock = Clock()
     log = StreamLog("s", {}, lambda o, m: None, reactor=clock)
     log._publish_channel = pub = Pub()
-    first, second = log.probe(), log.probe()
+    first = log.probe()
     assert len(pub.markers) == 1
+    # asked while the marker is on its way: it waits for a newer one
+    second = log.probe()
     log._entry(_Channel(), _entry(7, 1, pub.markers[0]))
-    assert first.result == 7 and second.result == 7
-    # within a second the live position answers; later a new marker is written
-    assert log.probe().result == 7 and len(pub.markers) == 1
-    clock.advance(1.5)
-    log.probe()
+    assert first.result == 7 and not second.called
+    third = log.probe()  # shares the next marker, written a second later
+    assert len(pub.markers) == 1
+    clock.advance(1.0)
     assert len(pub.markers) == 2
+    log._entry(_Channel(), _entry(9, 2, pub.markers[1]))
+    assert second.result == 9 and third.result == 9
+    # RabbitMQ gone: waiting callers fail, nothing stays scheduled
+    waiting = log.probe()
+    log.detach()
+    failures = []
+    waiting.addErrback(lambda f: failures.append(f.trap(LogUnavailable)))
+    assert failures == [LogUnavailable]
+    assert log._probe_call is None and log._want == []
+
+
+def test_a_plain_subscribe_waiting_on_a_failed_resume_is_subscribed_plainly():
+    router, log, _ = setup()
+    for i in range(10):
+        log.append("invoice.sent", {"seq": i})
+    log.truncate(8)
+    router.history.bindings.detach()
+    s, t = session(router)
+    subscribe(s, "invoice.sent", request=1, _resume_after=2)
+    subscribe(s, "invoice.sent", request=2)
+    router.history.bindings.attach(FakeBinder(auto=True))
+    answers = [(m.request, type(m).__name__) for m in t.sent if hasattr(m, "request")]
+    assert answers == [(1, "Error"), (2, "Subscribed")]
+    log.append("invoice.sent", {"seq": 10})
+    assert seqs(t) == [10]
+
+
+def test_retained_events_come_before_the_replay_on_a_resume():
+    router, log, retained = setup()
+    retained.append("invoice.sent", {"seq": "retained"})
+    for i in range(3):
+        log.append("invoice.sent", {"seq": i})
+    s, t = session(router)
+    subscribe(s, "invoice.sent", _resume_after=1, get_retained=True)
+    assert seqs(t) == ["retained", 1, 2]
+    assert t.events[0].retained and not t.events[1].retained
+
+
+def test_subscribes_piling_up_on_a_resume_are_bounded():
+    router, log, _ = setup()
+    router.policy.max_subscriptions = 3
+    router.history.bindings.detach()
+    log.append("invoice.sent", {"seq": 0})
+    s, t = session(router)
+    for request in range(1, 6):
+        subscribe(s, "invoice.sent", request=request, _resume_after=0)
+    errors = [m for m in t.sent if isinstance(m, message.Error)]
+    assert [m.error for m in errors] == ["notifyd.error.too_many_subscriptions"] * 2

@@ -16,4 +16,4 @@ def test_notifyd_js_unit_tests():
         timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "# fail 0" in out.stdout and "# pass 12" in out.stdout, out.stdout
+    assert "# fail 0" in out.stdout and "# pass 13" in out.stdout, out.stdout

@@ -50,6 +50,7 @@
   var NOT_RECOVERED = "notifyd.error.not_recovered";
   var NO_HISTORY = "notifyd.error.history_unavailable";
   var LOG_UNAVAILABLE = "notifyd.error.log_unavailable";
+  var NO_PROCEDURE = "wamp.error.no_such_procedure";
 
   function defaultUrl() {
     if (typeof location === "undefined") {
@@ -363,15 +364,18 @@
     var self = this;
     var session = this._session;
     if (!session) { return; }
-    if (!w.noResume && w.last === null && w.resumeAfter === null && !w.asked) {
-      w.asked = true;
+    if (!w.noResume && w.last === null && w.resumeAfter === null && w.askedIn !== session) {
+      w.askedIn = session; // asked once per session (again after a reconnect)
       this._positionNow(session).then(function (r) {
+        if (session !== self._session) { return; } // a late answer for an old session
         if (r.position !== null && w.last === null && w.resumeAfter === null) {
           w.resumeAfter = r.position;
-        } else if (r.error && r.error !== LOG_UNAVAILABLE) {
-          w.noResume = true; // no history on this router
+        } else if (r.error === NO_HISTORY || r.error === NO_PROCEDURE) {
+          w.noResume = true; // this router keeps no history
         }
-        if (session === self._session && self._wanted.indexOf(w) >= 0) { self._subscribeOne(w); }
+        // anything else (the log unreachable just now): subscribe plainly
+        // this time; the next session asks again
+        if (self._wanted.indexOf(w) >= 0) { self._subscribeOne(w); }
       });
       return;
     }
@@ -380,7 +384,9 @@
     var resume = w.noResume ? null : (w.last !== null ? w.last : w.resumeAfter);
     if (resume !== null && resume !== undefined) {
       opts._resume_after = resume;
-    } else if (w.options.retained && !w.gotRetained) {
+    }
+    if (w.options.retained && !w.gotRetained) {
+      // with a resume, notifyd sends the retained events before the replay
       opts.get_retained = true;
     }
     session.subscribe(w.topic, function (args, kwargs, details) {
@@ -496,7 +502,7 @@
       last: null,
       resumeAfter: typeof resumeAfter === "number" ? resumeAfter : null,
       noResume: options.resume === false,
-      asked: false,
+      askedIn: null,
       retryDelay: 0,
       gotRetained: false,
     };

@@ -29,7 +29,9 @@ function fakeAutobahn() {
     }
     call(procedure) {
       this.calls = (this.calls || []).concat([procedure]);
-      // a router without history (set .position to answer like one with it)
+      // a router without history (set .position to answer like one with it,
+      // .positionError to fail)
+      if (this.positionError) return Promise.reject({ error: this.positionError });
       return this.position === undefined
         ? Promise.reject({ error: "wamp.error.no_such_procedure" })
         : Promise.resolve(this.position);
@@ -268,7 +270,7 @@ test("falls back to plain subscriptions where the router keeps no history", asyn
   await settle();
   await settle();
   assert.deepEqual(conn.session.subscribes.map((x) => x.options),
-                   [{ _resume_after: 7 }, { get_retained: true }]);
+                   [{ _resume_after: 7, get_retained: true }, { get_retained: true }]);
   assert.deepEqual(errors, []);
 });
 
@@ -319,4 +321,28 @@ test("retries a resume the router could not serve just now", async (t) => {
   assert.deepEqual(conn.session.subscribes.map((x) => x.options),
                    [{ _resume_after: 9 }, { _resume_after: 9 }]);
   assert.deepEqual(errors, []);
+});
+
+test("a position the router could not give now is asked again by the next session", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const ab = fakeAutobahn();
+  const n = connect(ab);
+  n.subscribe("invoice.sent");
+  const conn = ab.connections[0];
+  conn.session = new (fakeSessionClass())(1);
+  conn.session.positionError = "notifyd.error.log_unavailable";
+  conn.onopen(conn.session, {});
+  await settle();
+  await settle();
+  assert.deepEqual(conn.session.subscribes.map((x) => x.options), [{}]);
+  conn.lose();
+  t.mock.timers.tick(1000);
+  const c2 = ab.connections[1];
+  c2.session = new (fakeSessionClass())(2);
+  c2.session.position = 40;
+  c2.onopen(c2.session, {});
+  await settle();
+  await settle();
+  assert.deepEqual(c2.session.calls, ["notifyd.history.position"]);
+  assert.deepEqual(c2.session.subscribes.map((x) => x.options), [{ _resume_after: 40 }]);
 });
