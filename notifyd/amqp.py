@@ -73,12 +73,12 @@ class _RotatingEndpoint:
     ClientService's retries walk through the cluster."""
 
     def __init__(self, targets: list[tuple[Any, pika.URLParameters]]) -> None:
-        self._targets = targets
+        self.targets = targets
         self._next = 0
         self.current: pika.URLParameters = targets[0][1]
 
     def connect(self, factory: _ConnectionFactory) -> Deferred[Any]:
-        endpoint, params = self._targets[self._next % len(self._targets)]
+        endpoint, params = self.targets[self._next % len(self.targets)]
         self._next += 1
         self.current = params
         factory.params = params
@@ -153,7 +153,7 @@ class AMQPService(Service):
         self._client.startService()
         self._log.info(
             "connecting to RabbitMQ at {nodes}",
-            nodes=", ".join(f"{p.host}:{p.port}" for _, p in self._endpoint._targets),
+            nodes=", ".join(f"{p.host}:{p.port}" for _, p in self._endpoint.targets),
         )
 
     @inlineCallbacks

@@ -165,16 +165,19 @@ def _role(value: str) -> str:
     return value
 
 
-def _roles(values: list[str]) -> list[str]:
-    for v in values:
-        _role(v)
-    return values
+def _each(check: Callable[[str], str]) -> Callable[[list[str]], list[str]]:
+    """A list validator that applies ``check`` to every item."""
+
+    def check_all(values: list[str]) -> list[str]:
+        for v in values:
+            check(v)
+        return values
+
+    return check_all
 
 
-def _claims(values: list[str]) -> list[str]:
-    for v in values:
-        _claim(v)
-    return values
+_roles = _each(_role)
+_claims = _each(_claim)
 
 
 def _range(lo: float, hi: float) -> Callable[[Any], Any]:

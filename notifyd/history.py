@@ -77,7 +77,6 @@ class Catchup:
         "last",
         "replaying",
         "answered",
-        "settled",
         "followers",
         "session_id",
         "authid",
@@ -93,8 +92,6 @@ class Catchup:
         self.replaying = True
         #: SUBSCRIBED was sent
         self.answered = False
-        #: the resume has ended (replayed, or failed)
-        self.settled = False
         #: (request, asked for a resume) of the SUBSCRIBEs waiting for the outcome
         self.followers: list[tuple[int, bool]] = []
         self.session_id = session.session_id
@@ -234,7 +231,7 @@ class History:
                 # the client may come from a node whose consumer is ahead of
                 # this one: find the log's real end before calling it unknown
                 tail_id = (yield self.log.probe()) + 1
-        except (LogUnavailable, defer.TimeoutError):
+        except LogUnavailable:
             raise HistoryError(ERROR_LOG_UNAVAILABLE, "the event log is not reachable right now")
         if after > tail_id:
             raise HistoryError(

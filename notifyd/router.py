@@ -181,10 +181,7 @@ class Router:
             raise
         if not event.publication:  # no wamp-publication header
             event.publication = publication_id()
-        self.stats.inc("events_received")
-        n = self.broker.dispatch(event)
-        self.stats.inc("events_delivered", n)
-        return n
+        return self._fan_out(event)
 
     def on_log_entry(self, offset: int, msg: Any) -> int:
         """Fan one event-log entry out (publication id: offset + 1)."""
@@ -205,6 +202,9 @@ class Router:
             )
             return 0
         event.publication = offset + 1
+        return self._fan_out(event, subs)
+
+    def _fan_out(self, event: Any, subs: list[Any] | None = None) -> int:
         self.stats.inc("events_received")
         n = self.broker.dispatch(event, subs)
         self.stats.inc("events_delivered", n)

@@ -415,7 +415,9 @@ class WampSession:
             return False
         sid = self.session_id
         entry = sub.pending.get(sid) or sub.subscribers.get(sid)
-        if not isinstance(entry, Catchup) or entry.settled:
+        # a Catchup that failed has left the subscription; one that still
+        # replays has not handed over to live delivery yet
+        if not isinstance(entry, Catchup) or not entry.replaying:
             return False
         if entry.answered:
             self.transport.send(message.Subscribed(request, sub.id))
@@ -475,11 +477,9 @@ class WampSession:
             resumed.addCallbacks(done, failed, errbackArgs=(sub,))
 
         def done(n: int) -> None:
-            catchup.settled = True
             self.router.stats.inc("events_replayed", n)
 
         def failed(f: Failure, sub: Subscription) -> None:
-            catchup.settled = True
             sid = self.session_id
             if self.state is not State.OPEN or (
                 sub.subscribers.get(sid) is not catchup and sub.pending.get(sid) is not catchup

@@ -324,9 +324,10 @@ class StreamLog:
     @inlineCallbacks
     def read(self, start: int, handler: Entry) -> Any:
         """Hand entries from offset ``start`` on to ``handler`` until it
-        returns true (a Deferred: wait for it, then go on).  Markers are skipped; the handler is also told the
-        first offset the stream actually has when that is above ``start``
-        (retention removed the rest): it sees that offset first."""
+        returns true; a Deferred makes the read wait for it, then go on.
+        Markers reach the handler as ``None`` messages.  The first offset
+        the handler sees is the first the stream has from ``start`` on, so
+        one above ``start`` means retention removed the rest."""
         conn = self._conn
         if conn is None:
             raise LogUnavailable()
