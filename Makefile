@@ -11,7 +11,7 @@ AMQP_URL := amqp://guest:guest@127.0.0.1:56720/%2F
 DEMO_PORT ?= 8080
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop test conformance bench bench-quick lint format clean
+.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop test conformance fuzz bench bench-quick lint format clean
 
 setup: venv npm rabbitmq-installed
 
@@ -74,6 +74,15 @@ test: setup chromium haproxy lint
 conformance: setup
 	$(TEST_NODE) $(PY) -m notifyd.devbroker start
 	@rc=0; NOTIFYD_CONFORMANCE_COMPRESSION=1 $(TEST_NODE) $(PY) -m pytest -s tests/test_conformance.py || rc=$$?; \
+	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \
+	exit $$rc
+
+# The long fuzz run (docs/security.md): 2,000 hypothesis examples of each
+# kind (WAMP frames, AMQP messages), with and without the event log.
+# `make test` runs a slice of 60.  NOTIFYD_FUZZ_SEED=… repeats a run.
+fuzz: setup
+	$(TEST_NODE) $(PY) -m notifyd.devbroker start
+	@rc=0; NOTIFYD_FUZZ_EXAMPLES=$${NOTIFYD_FUZZ_EXAMPLES:-2000} $(TEST_NODE) $(PY) -m pytest -s tests/test_fuzz.py || rc=$$?; \
 	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \
 	exit $$rc
 

@@ -127,6 +127,8 @@ class Server:
                 "--allow-anonymous",
                 "--max-connections",
                 "100000",
+                "--max-connections-per-address",
+                "0",
                 "--max-subscriptions-per-session",
                 "10",
                 *(extra or []),

@@ -19,6 +19,8 @@ binding, and publications fail with ``notifyd.error.publish_unavailable``.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,11 +34,11 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from notifyd.bindings import Bindings
 from notifyd.events import BadEvent, Publication
+from notifyd.logs import Logger
 from notifyd.router import PublishRejected, PublishUnavailable
 from notifyd.streams import AckBatcher, consume_directly
 
@@ -88,6 +90,11 @@ class _RotatingEndpoint:
 def endpoint_for(reactor: Any, url: str) -> tuple[Any, pika.URLParameters]:
     """The Twisted client endpoint and pika parameters for an AMQP URL."""
     params = pika.URLParameters(url)
+    # operators see which process a connection belongs to (rabbitmqctl,
+    # management UI): notifyd@host:pid
+    params.client_properties = {
+        "connection_name": f"notifyd@{socket.gethostname()}:{os.getpid()}",
+    }
     endpoint = HostnameEndpoint(reactor, params.host, params.port, timeout=10)
     if params.ssl_options is not None:
         endpoint = wrapClientTLS(optionsForClientTLS(params.host), endpoint)
@@ -107,6 +114,7 @@ class AMQPService(Service):
         deliver: Callable[[str, Any, bytes], Any],
         observe_latency: Callable[[float], None] | None = None,
         *,
+        control: Callable[[bytes], Any] | None = None,
         exchange_passive: bool = False,
         prefetch: int = 256,
         dead_letter_exchange: str | None = None,
@@ -127,6 +135,10 @@ class AMQPService(Service):
         self.bindings = bindings
         self._deliver = deliver
         self._observe = observe_latency
+        #: handles a message of the control exchange (kill orders); raises
+        #: ValueError for one it refuses
+        self._control = control
+        self.control_exchange = f"{exchange}.control"
         self._max_retry_delay = max_retry_delay
         self._client: ClientService | None = None
         self._consumer: tuple[Any, str] | None = None
@@ -209,6 +221,14 @@ class AMQPService(Service):
                 queue="", exclusive=True, auto_delete=True, arguments=arguments
             )
             queue = frame.method.queue
+            if self._control is not None:
+                # every node's queue gets every order of the control exchange
+                yield channel.exchange_declare(
+                    exchange=self.control_exchange, exchange_type="fanout", durable=True
+                )
+                yield channel.queue_bind(
+                    queue=queue, exchange=self.control_exchange, routing_key=""
+                )
             yield channel.basic_qos(prefetch_count=self.prefetch)
             publish_channel = yield conn.channel()
             yield publish_channel.confirm_delivery()
@@ -273,6 +293,9 @@ class AMQPService(Service):
 
     def _on_message(self, channel: Any, msg: Any) -> None:
         tag = msg.method.delivery_tag
+        if msg.method.exchange == self.control_exchange and self._control is not None:
+            self._on_control(channel, tag, msg.body)
+            return
         started = time.monotonic()
         try:
             self._deliver(msg.method.routing_key, msg.properties, msg.body)
@@ -291,6 +314,31 @@ class AMQPService(Service):
         if self._observe is not None:
             self._observe(time.monotonic() - started)
         self._acks.later(channel, tag)
+
+    def _on_control(self, channel: Any, tag: int, body: bytes) -> None:
+        try:
+            self._control(body)
+        except ValueError as e:
+            self._log.warn("refused control message: {reason}", reason=str(e))
+            self._reject(channel, tag)
+            return
+        except Exception:
+            self._log.failure("internal error handling a control message")
+            self._reject(channel, tag)
+            return
+        self._acks.later(channel, tag)
+
+    def broadcast(self, body: bytes) -> Deferred[None]:
+        """Publish ``body`` on the control exchange (every node gets it)."""
+        channel = self._publish_channel
+        if channel is None or not channel.is_open:
+            return fail(PublishUnavailable())
+        return channel.basic_publish(
+            exchange=self.control_exchange,
+            routing_key="",
+            body=body,
+            properties=pika.BasicProperties(content_type="application/json"),
+        ).addCallback(lambda _: None)
 
     @property
     def acked(self) -> int:

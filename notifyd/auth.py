@@ -15,14 +15,45 @@ client's order among those this node has enabled:
     with a small leeway; ``aud`` and ``iss`` when configured.  Claims map to
     ``authid`` (``sub``), ``authrole`` (the configured role claim, or the
     default role) and ``authextra`` (the configured extra claims, e.g.
-    ``account``).  The session is closed when the token expires.
+    ``account``).  The session is closed when the token expires.  A token
+    whose ``exp`` lies more than ``jwt_max_lifetime`` (default one day) in
+    the future, or whose ``exp - iat`` is longer than that, is refused, so
+    a leaked long-lived token cannot be used for long.
 
 ``wampcra``
     Static users for service clients (from the authz file), with WAMP-CRA's
     challenge/response (HMAC-SHA256, optionally over a PBKDF2-derived key).
 
+    An unknown authid gets a CHALLENGE of the same shape as a known one
+    (with a salt when users have salts: a fake one, stable per authid,
+    derived with HMAC from a random per-process key) and then fails with
+    ``wamp.error.authentication_failed``, exactly as a wrong secret does:
+    the answers never tell which authids exist.
+
 ``anonymous``
     Only when ``allow_anonymous`` is on; role ``anonymous``.
+
+Identities
+----------
+Targeting headers list authids, roles and authextra values as
+comma-separated strings (see docs/protocol.md), so an identity must be
+expressible in that syntax.  An authid, authrole or authextra value (from a
+JWT's ``sub``, role claim or extra claims, or a WAMP-CRA user in the authz
+file) is refused if it is empty, longer than 255 characters, contains ``,``,
+has leading or trailing whitespace, contains a control, format, surrogate or
+line/paragraph separator character (Unicode Cc, Cf, Cs, Zl, Zp), or is not
+valid UTF-8.  A ticket with such a claim fails authentication; a WAMP-CRA
+user with one is a configuration error.
+
+Claim names are matched case-insensitively everywhere (``tenantId``,
+``tenantid`` and a header ``wamp-eligible-extra-tenantid`` name the same
+claim); two extra claims whose names differ only in case are refused at
+start-up.
+
+JWT and WAMP-CRA identities never overlap: a ticket whose ``sub`` equals a
+WAMP-CRA authid of the authz file (compared case-insensitively) is refused,
+so a token issuer can never mint a session that looks like a service
+client, and exclusions by authid never hit the wrong kind of principal.
 
 Every failure is an :class:`AuthFailed` carrying the standard WAMP error URI
 for the ABORT and a short reason that never contains a secret or the token.
@@ -37,6 +68,7 @@ import hmac
 import json
 import os
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +77,6 @@ import jwt
 from notifyd.topics import validate_topic
 
 ERROR_AUTHENTICATION_FAILED = "wamp.error.authentication_failed"
-ERROR_NO_SUCH_PRINCIPAL = "wamp.error.no_such_principal"
 ERROR_NOT_AUTHORIZED = "wamp.error.not_authorized"
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -58,10 +89,12 @@ ALGORITHMS = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
 class AuthFailed(Exception):
     """Authentication refused: ``uri`` for the ABORT, ``reason`` for people."""
 
-    def __init__(self, uri: str, reason: str) -> None:
+    def __init__(self, uri: str, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.uri = uri
         self.reason = reason
+        #: for the log only (never sent to the client); default: ``reason``
+        self.detail = detail or reason
 
 
 class AuthConfigError(ValueError):
@@ -80,13 +113,49 @@ class Principal:
     expires_at: float | None = None
 
 
-def _component(name: str, value: Any) -> str:
-    """Identity values are used in topics and rules: one URI component."""
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+MAX_IDENTITY = 255
+
+
+def identity_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be an authid, authrole or authextra value (the
+    comma-separated list syntax of targeting headers could not name it),
+    or None if it can."""
     if not isinstance(value, str) or not value:
-        raise AuthFailed(ERROR_AUTHENTICATION_FAILED, f"claim {name} must be a non-empty string")
-    if len(value) > 255:
-        raise AuthFailed(ERROR_AUTHENTICATION_FAILED, f"claim {name} is too long")
+        return "must be a non-empty string"
+    if len(value) > MAX_IDENTITY:
+        return f"is longer than {MAX_IDENTITY} characters"
+    if "," in value:
+        return "contains ','"
+    if value != value.strip():
+        return "has leading or trailing whitespace"
+    for ch in value:
+        if unicodedata.category(ch) in _BAD_CATEGORIES:
+            return f"contains the character U+{ord(ch):04X}"
+    return None
+
+
+def _component(name: str, value: Any) -> str:
+    """A claim that becomes part of the identity, checked."""
+    problem = identity_problem(value)
+    if problem is not None:
+        raise AuthFailed(ERROR_AUTHENTICATION_FAILED, f"claim {name} {problem}")
     return value
+
+
+def check_claim_names(setting: str, names: Any) -> None:
+    """Claim names compare case-insensitively: refuse two that collide."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.lower()
+        if key in seen and seen[key] != name:
+            raise AuthConfigError(
+                f"{setting}: {seen[key]!r} and {name!r} differ only in case "
+                "(claim names are matched case-insensitively)"
+            )
+        if key in seen:
+            raise AuthConfigError(f"{setting}: {name!r} is named twice")
+        seen[key] = name
 
 
 class TicketAuthenticator:
@@ -105,6 +174,8 @@ class TicketAuthenticator:
         role_claim: str = "role",
         default_role: str = "user",
         extra_claims: tuple[str, ...] = ("account",),
+        max_lifetime: float = 86400.0,
+        reserved_authids: Any = (),
     ) -> None:
         if not algorithms:
             raise AuthConfigError(
@@ -149,7 +220,13 @@ class TicketAuthenticator:
         self.leeway = leeway
         self.role_claim = role_claim
         self.default_role = default_role
+        check_claim_names("jwt_extra_claims", extra_claims)
         self.extra_claims = tuple(extra_claims)
+        if not max_lifetime > 0:
+            raise AuthConfigError("jwt_max_lifetime must be positive")
+        self.max_lifetime = float(max_lifetime)
+        #: WAMP-CRA authids (case-folded): no ticket may claim one
+        self.reserved_authids = frozenset(a.casefold() for a in reserved_authids)
 
     def _key_for(self, header: dict[str, Any]) -> Any:
         alg = header.get("alg")
@@ -221,17 +298,43 @@ class TicketAuthenticator:
             raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token exp is not a time")
         # the leeway is for clock skew on nbf/iat; a token past its exp would
         # only get a session that is closed at once
-        if expires_at <= time.time():
+        now = time.time()
+        if expires_at <= now:
             raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token expired")
+        if expires_at - now > self.max_lifetime + self.leeway:
+            raise AuthFailed(
+                ERROR_AUTHENTICATION_FAILED, "token lifetime is longer than jwt_max_lifetime"
+            )
+        iat = claims.get("iat")
+        if iat is not None:
+            try:
+                lifetime = expires_at - float(iat)
+            except (TypeError, ValueError, OverflowError):
+                raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "token iat is not a time")
+            if not lifetime <= self.max_lifetime:
+                raise AuthFailed(
+                    ERROR_AUTHENTICATION_FAILED, "token lifetime is longer than jwt_max_lifetime"
+                )
         authid = _component("sub", claims["sub"])
+        if authid.casefold() in self.reserved_authids:
+            raise AuthFailed(
+                ERROR_AUTHENTICATION_FAILED, "token sub names a WAMP-CRA user (not allowed)"
+            )
         role = claims.get(self.role_claim, self.default_role)
         authrole = _component(self.role_claim, role)
         extra: dict[str, Any] = {}
         for name in self.extra_claims:
-            if name in claims:
-                extra[name] = _component(
-                    name, str(claims[name]) if isinstance(claims[name], int) else claims[name]
+            wanted = name.lower()
+            found = [k for k in claims if isinstance(k, str) and k.lower() == wanted]
+            if len(found) > 1:
+                raise AuthFailed(
+                    ERROR_AUTHENTICATION_FAILED, f"token has several claims named {name!r}"
                 )
+            if found:
+                value = claims[found[0]]
+                if type(value) is int:
+                    value = str(value)
+                extra[name] = _component(name, value)
         return Principal(
             authid=authid,
             authrole=authrole,
@@ -255,16 +358,47 @@ class CraUser:
 
 
 class CraAuthenticator:
-    """WAMP-CRA against static users."""
+    """WAMP-CRA against static users.
+
+    Unknown authids are challenged like known ones and always fail at
+    AUTHENTICATE with the same error and text as a wrong secret."""
 
     def __init__(self, users: dict[str, CraUser]) -> None:
         self.users = users
+        # what a challenge for an unknown authid looks like: the most common
+        # role and key derivation among the configured users
+        self._fake_key = os.urandom(32)
+        roles = [u.role for u in users.values()]
+        self._fake_role = max(set(roles), key=roles.count) if roles else "user"
+        salted = [(u.iterations, u.keylen) for u in users.values() if u.salt]
+        self._fake_kdf = (
+            max(set(salted), key=salted.count) if len(salted) * 2 >= len(users) and salted else None
+        )
+
+    def _user(self, authid: str) -> CraUser:
+        user = self.users.get(authid)
+        if user is not None:
+            return user
+        fake = hmac.new(self._fake_key, authid.encode("utf-8"), hashlib.sha256).digest()
+        salt, iterations, keylen = None, 1000, 32
+        if self._fake_kdf is not None:
+            salt = base64.b64encode(fake[:16]).decode()
+            iterations, keylen = self._fake_kdf
+        # a secret nobody knows: the check fails as for a wrong secret
+        return CraUser(
+            secret=base64.b64encode(fake[16:] + os.urandom(16)).decode(),
+            role=self._fake_role,
+            salt=salt,
+            iterations=iterations,
+            keylen=keylen,
+        )
 
     def challenge(self, authid: Any, session_id: int, now: float) -> tuple[dict[str, Any], str]:
         """The CHALLENGE extra for ``authid`` and the expected signature."""
-        if not isinstance(authid, str) or authid not in self.users:
-            raise AuthFailed(ERROR_NO_SUCH_PRINCIPAL, "no such wampcra user")
-        user = self.users[authid]
+        if identity_problem(authid) is not None:
+            # no user can have such an authid: nothing to hide
+            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "wampcra needs a valid authid")
+        user = self._user(authid)
         payload = json.dumps(
             {
                 "authid": authid,
@@ -296,9 +430,13 @@ class CraAuthenticator:
             given = base64.b64decode(signature, validate=True)
         except (binascii.Error, ValueError):
             raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "malformed signature")
-        if not hmac.compare_digest(given, base64.b64decode(expected)):
-            raise AuthFailed(ERROR_AUTHENTICATION_FAILED, "wrong signature")
-        user = self.users[authid]
+        user = self.users.get(authid)
+        if not hmac.compare_digest(given, base64.b64decode(expected)) or user is None:
+            raise AuthFailed(
+                ERROR_AUTHENTICATION_FAILED,
+                "wrong signature",
+                detail=None if user is not None else "wrong signature (no such wampcra user)",
+            )
         return Principal(
             authid=authid, authrole=user.role, authmethod="wampcra", authextra=dict(user.extra)
         )

@@ -31,9 +31,15 @@ Semantics:
   wildcard rule allows exact topics and wildcards it covers position by
   position.  Publishing checks the exact topic.
 * **Placeholders** ``{authid}``, ``{authrole}`` and ``{authextra.NAME}``
-  are filled from the session.  A value that is missing, empty or not a
+  are filled from the session (``NAME`` is matched case-insensitively, like
+  every claim name).  A value that is missing, empty or not a
   single topic component (it contains ``.``, ``#``, ``*`` or whitespace)
   makes the rule match nothing, so identities cannot widen their rules.
+
+WAMP-CRA users: the authid (the table name), role and every ``extra`` value
+must be an identity the targeting headers can name (see :mod:`notifyd.auth`:
+no ``,``, no surrounding whitespace, no control characters); ``extra`` names
+that differ only in case are refused.  Anything else stops notifyd at start.
 
 Without an authz file (anonymous demo and test set-ups) every role may
 subscribe to everything, and publishing follows ``allow_publish`` alone.
@@ -46,7 +52,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from notifyd.auth import AuthConfigError, CraUser, check_identity_component
+from notifyd.auth import AuthConfigError, CraUser, check_identity_component, identity_problem
 from notifyd.config import ConfigError, read_toml
 from notifyd.topics import MATCH_EXACT, MATCH_PREFIX, MATCH_WILDCARD, InvalidTopic, validate_pattern
 
@@ -72,6 +78,7 @@ class Identity:
         self.authid = authid
         self.authrole = authrole
         self.authextra = authextra or {}
+        self._folded: dict[str, Any] | None = None
 
     def lookup(self, name: str) -> str | None:
         if name == "authid":
@@ -79,7 +86,11 @@ class Identity:
         if name == "authrole":
             return self.authrole
         if name.startswith("authextra."):
-            value = self.authextra.get(name[len("authextra.") :])
+            if self._folded is None:
+                self._folded = {
+                    k.lower(): v for k, v in self.authextra.items() if isinstance(k, str)
+                }
+            value = self._folded.get(name[len("authextra.") :].lower())
             return value if isinstance(value, str) else None
         return None
 
@@ -168,6 +179,25 @@ class Authorizer:
         policy = self.roles.get(identity.authrole or "")
         return policy is not None and self._allowed(policy.publish, identity, topic, MATCH_EXACT)
 
+    def subscribe_checker(self, identity: Identity) -> Any:
+        """``may_subscribe`` for one identity, with the rules filled once:
+        for checking many subscriptions (the meta API)."""
+        if self.roles is None:
+            return lambda uri, match: True
+        policy = self.roles.get(identity.authrole or "")
+        if policy is None:
+            return lambda uri, match: False
+        filled = [
+            (uri, rule.match)
+            for rule in policy.subscribe
+            if (uri := fill(rule.uri, identity)) is not None
+        ]
+
+        def check(uri: str, match: str) -> bool:
+            return any(contains(r_uri, r_match, uri, match) for r_uri, r_match in filled)
+
+        return check
+
     @staticmethod
     def _allowed(rules: list[Rule], identity: Identity, uri: str, match: str) -> bool:
         for rule in rules:
@@ -220,6 +250,9 @@ def load_authz(path: str) -> tuple[dict[str, RolePolicy], dict[str, CraUser]]:
         )
     users: dict[str, CraUser] = {}
     for name, body in data.get("wampcra", {}).get("users", {}).items():
+        problem = identity_problem(name)
+        if problem is not None:
+            raise AuthConfigError(f"authz_file {path}: wampcra user {name!r}: the authid {problem}")
         if (
             not isinstance(body, dict)
             or not isinstance(body.get("secret"), str)
@@ -228,17 +261,52 @@ def load_authz(path: str) -> tuple[dict[str, RolePolicy], dict[str, CraUser]]:
             raise AuthConfigError(f"authz_file {path}: [wampcra.users.{name}] needs a secret")
         if not isinstance(body.get("role"), str):
             raise AuthConfigError(f"authz_file {path}: [wampcra.users.{name}] needs a role")
+        problem = identity_problem(body["role"])
+        if problem is not None:
+            raise AuthConfigError(f"authz_file {path}: [wampcra.users.{name}] role {problem}")
         extra = body.get("extra", {})
         if not isinstance(extra, dict):
             raise AuthConfigError(
                 f"authz_file {path}: [wampcra.users.{name}] extra must be a table"
             )
+        seen: dict[str, str] = {}
+        for k, v in extra.items():
+            if k.lower() in seen:
+                raise AuthConfigError(
+                    f"authz_file {path}: [wampcra.users.{name}] extra names "
+                    f"{seen[k.lower()]!r} and {k!r} differ only in case"
+                )
+            seen[k.lower()] = k
+            if isinstance(v, bool) or not isinstance(v, (str, int)):
+                raise AuthConfigError(
+                    f"authz_file {path}: [wampcra.users.{name}] extra.{k} must be a "
+                    "string or an integer"
+                )
+            problem = identity_problem(str(v))
+            if problem is not None:
+                raise AuthConfigError(
+                    f"authz_file {path}: [wampcra.users.{name}] extra.{k} {problem}"
+                )
+        salt = body.get("salt")
+        if salt is not None and (not isinstance(salt, str) or not salt):
+            raise AuthConfigError(
+                f"authz_file {path}: [wampcra.users.{name}] salt must be a non-empty string"
+            )
+        kdf = {}
+        for key, default, lo, hi in (("iterations", 1000, 1, 10_000_000), ("keylen", 32, 16, 128)):
+            value = body.get(key, default)
+            if type(value) is not int or not lo <= value <= hi:
+                raise AuthConfigError(
+                    f"authz_file {path}: [wampcra.users.{name}] {key} must be an "
+                    f"integer from {lo} to {hi}"
+                )
+            kdf[key] = value
         users[name] = CraUser(
             secret=body["secret"],
             role=body["role"],
             extra={k: str(v) for k, v in extra.items()},
-            salt=body.get("salt"),
-            iterations=int(body.get("iterations", 1000)),
-            keylen=int(body.get("keylen", 32)),
+            salt=salt,
+            iterations=kdf["iterations"],
+            keylen=kdf["keylen"],
         )
     return roles, users

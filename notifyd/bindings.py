@@ -21,7 +21,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
+
+from notifyd.logs import Logger
 
 
 class Binder(Protocol):

@@ -27,10 +27,10 @@ from typing import Any, Protocol
 
 from autobahn.util import id as random_id
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 
 from notifyd.bindings import Bindings
 from notifyd.events import InboundEvent
+from notifyd.logs import Logger
 from notifyd.topics import (
     MATCH_EXACT,
     MATCH_PREFIX,

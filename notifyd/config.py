@@ -322,8 +322,10 @@ SETTINGS: tuple[Setting, ...] = (
         "allowed_origins",
         list,
         [],
-        "Origins allowed to open the WebSocket (repeatable; '*' for any; patterns like "
-        "https://*.example.com). Empty: same origin as the page only.",
+        "Origins allowed to open the WebSocket (repeatable; scheme, host and port compared; "
+        "'*' for any; patterns like https://*.example.com). Empty: only the connection's own "
+        "scheme://IP:port (or localhost on loopback); a deployment reached by a DNS name "
+        "must list its origins.",
         _origins,
     ),
     Setting(
@@ -374,15 +376,17 @@ SETTINGS: tuple[Setting, ...] = (
         "max_connections",
         int,
         10000,
-        "Most WebSocket connections this node accepts (0: no limit).",
+        "Most connections this node holds open on its listen endpoints, HTTP and "
+        "WebSocket, counted from accept (0: no limit).",
         _range(0, 10_000_000),
     ),
     Setting(
         "max_connections_per_address",
         int,
-        0,
-        "Most connections from one remote address (0: no limit; behind a proxy every "
-        "connection comes from the proxy).",
+        100,
+        "Most connections from one remote address, HTTP and WebSocket (0: no limit). "
+        "Behind a proxy every connection comes from the proxy: set 0 (or the proxy's "
+        "share) there.",
         _range(0, 10_000_000),
     ),
     Setting(
@@ -404,7 +408,9 @@ SETTINGS: tuple[Setting, ...] = (
         "handshake_timeout",
         float,
         10.0,
-        "Seconds to complete the WebSocket opening handshake.",
+        "Seconds a connection may take, from accept (or its previous response), to send an "
+        "HTTP request and have it answered or upgraded to a WebSocket; also the limit for "
+        "the WebSocket opening handshake.",
         _range(0.1, 600),
     ),
     Setting(
@@ -435,6 +441,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Offer permessage-deflate (costs CPU and disables shared pre-built frames).",
     ),
     Setting(
+        "max_message_size_before_welcome",
+        int,
+        65536,
+        "Largest WebSocket message accepted before the session is WELCOMEd (HELLO, "
+        "AUTHENTICATE), in bytes; max_message_size applies after.",
+        _range(1024, 64 * 1024 * 1024),
+    ),
+    Setting(
         "testee_listen",
         list,
         [],
@@ -457,6 +471,74 @@ SETTINGS: tuple[Setting, ...] = (
         "(wamp.session.count, wamp.subscription.list_subscribers) (repeatable; "
         "default: none).",
         _roles,
+    ),
+    Setting(
+        "jwt_max_lifetime",
+        float,
+        86400.0,
+        "Longest ticket lifetime accepted, in seconds: a JWT whose exp lies further "
+        "ahead, or whose exp - iat is longer, is refused.",
+        _range(1, 366 * 86400),
+    ),
+    Setting(
+        "subscribe_rate",
+        float,
+        50.0,
+        "SUBSCRIBEs a second one session may send on average (0: no limit); more get "
+        "ERROR notifyd.error.rate_limited.",
+        _range(0, 1_000_000),
+    ),
+    Setting(
+        "subscribe_burst",
+        int,
+        100,
+        "SUBSCRIBEs one session may send at once before subscribe_rate applies.",
+        _range(1, 1_000_000),
+    ),
+    Setting(
+        "call_rate",
+        float,
+        20.0,
+        "CALLs a second one session may send on average (0: no limit); meta calls that "
+        "walk many subscriptions count more.",
+        _range(0, 1_000_000),
+    ),
+    Setting(
+        "call_burst",
+        int,
+        40,
+        "CALLs one session may send at once before call_rate applies.",
+        _range(1, 1_000_000),
+    ),
+    Setting(
+        "publish_rate",
+        float,
+        100.0,
+        "PUBLISHes a second one session may send on average (0: no limit).",
+        _range(0, 1_000_000),
+    ),
+    Setting(
+        "publish_burst",
+        int,
+        200,
+        "PUBLISHes one session may send at once before publish_rate applies.",
+        _range(1, 1_000_000),
+    ),
+    Setting(
+        "publish_log_bytes_per_second",
+        int,
+        65536,
+        "Bytes a second one session may PUBLISH to topics kept by the event log (0: no "
+        "limit), so one user cannot roll the shared log over.",
+        _range(0, 1024 * 1024 * 1024),
+    ),
+    Setting(
+        "publish_log_bytes_burst",
+        int,
+        1048576,
+        "Bytes one session may PUBLISH to logged topics at once (at least "
+        "max_message_size is always allowed).",
+        _range(1024, 1024 * 1024 * 1024),
     ),
     Setting(
         "history",
@@ -505,6 +587,15 @@ SETTINGS: tuple[Setting, ...] = (
         _range(0, 64),
     ),
     Setting(
+        "history_ingest_queue_type",
+        str,
+        "classic",
+        "Queue type of the ingest queue (<history_stream>.ingest) through which events "
+        "reach the event log after the same checks as live events: classic, or quorum "
+        "for a RabbitMQ cluster.",
+        _one_of("classic", "quorum"),
+    ),
+    Setting(
         "retained_stream",
         str,
         "notifyd.retained",
@@ -528,7 +619,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "history_scan_limit",
         int,
-        100_000,
+        10_000,
         "Most log entries one get_events call reads looking for its subscription's events.",
         _range(1, 100_000_000),
     ),

@@ -77,6 +77,14 @@ ELIGIBLE_EXTRA = "wamp-eligible-extra-"
 EXCLUDE_EXTRA = "wamp-exclude-extra-"
 PAYLOAD_ENVELOPE = "envelope"
 
+#: deepest nesting of arrays and objects in an event's payload: EVENT wraps
+#: it in two more levels, and Autobahn|JS's msgpack decoder refuses more than
+#: 100 in all
+MAX_DEPTH = 64
+#: integers every serializer carries (msgpack: 64 bits)
+MIN_INT = -(2**63)
+MAX_INT = 2**64 - 1
+
 _JSON_TYPES = {None, "", "application/json"}
 _ENCODINGS = {None, "", "utf-8", "utf8", "identity"}
 _MAX_ID = 2**53
@@ -173,14 +181,13 @@ class InboundEvent:
             return False
         if self.exclude_authrole and session.authrole in self.exclude_authrole:
             return False
-        if self.eligible_extra:
-            extra = session.authextra or {}
-            for name, allowed in self.eligible_extra.items():
+        if self.eligible_extra or self.exclude_extra:
+            # header names are lower case: claim names are matched without case
+            extra = {k.lower(): v for k, v in (session.authextra or {}).items()}
+            for name, allowed in (self.eligible_extra or {}).items():
                 if extra.get(name) not in allowed:
                     return False
-        if self.exclude_extra:
-            extra = session.authextra or {}
-            for name, banned in self.exclude_extra.items():
+            for name, banned in (self.exclude_extra or {}).items():
                 if name in extra and extra[name] in banned:
                     return False
         return True
@@ -213,7 +220,73 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (_INF, -_INF):  # 1e999 overflows to infinity
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _bounded(text: str) -> int:
+    value = int(text)
+    if not MIN_INT <= value <= MAX_INT:
+        raise ValueError("integer is out of the 64-bit range")
+    return value
+
+
+_INF = float("inf")
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite, parse_int=_bounded)
+
+
+def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
+    """Raise ValueError unless ``value`` is a payload every client can read:
+    JSON types only, string keys, finite floats, 64-bit integers, text
+    without lone surrogates, nested at most ``max_depth`` deep."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is str:
+            _check_text(item)
+        elif kind is bool or item is None:
+            pass
+        elif kind is int or isinstance(item, int):
+            if not MIN_INT <= item <= MAX_INT:
+                raise ValueError("integer is out of the 64-bit range")
+        elif kind is float:
+            if item != item or item in (_INF, -_INF):
+                raise ValueError("numbers must be finite")
+        elif kind is list or kind is tuple:
+            if depth >= max_depth:
+                raise ValueError(f"payload is nested deeper than {max_depth} levels")
+            stack.extend((v, depth + 1) for v in item)
+        elif kind is dict:
+            if depth >= max_depth:
+                raise ValueError(f"payload is nested deeper than {max_depth} levels")
+            for k, v in item.items():
+                if type(k) is not str:
+                    raise ValueError("object keys must be strings")
+                _check_text(k)
+                stack.append((v, depth + 1))
+        else:
+            raise ValueError(f"{kind.__name__} values cannot be carried as JSON")
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text holds a lone UTF-16 surrogate (not valid Unicode)")
+
+
+def parse_body(body: bytes) -> Any:
+    """The JSON value of an AMQP body, checked with :func:`check_value`'s
+    rules; ValueError otherwise.  The full walk runs only when a cheap scan
+    cannot rule a problem out."""
+    value = _DECODER.decode(body.decode("utf-8"))
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH or b"\\ud" in body or b"\\uD" in body:
+        check_value(value)
+    return value
 
 
 def _not_a_string(name: str) -> BadEvent:
@@ -226,9 +299,23 @@ def _not_a_string(name: str) -> BadEvent:
     )
 
 
-def _session_ids(name: str, value: Any) -> frozenset[int]:
+def _text(name: str, value: Any) -> Any:
+    """A header value as text if it is text (AMQP bytes must be UTF-8)."""
     if isinstance(value, (bytes, bytearray)):
-        value = value.decode("utf-8", "replace")
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadEvent("bad_header", f"header {name} is not valid UTF-8")
+    if isinstance(value, str):
+        try:
+            _check_text(value)
+        except ValueError as e:
+            raise BadEvent("bad_header", f"header {name}: {e}")
+    return value
+
+
+def _session_ids(name: str, value: Any) -> frozenset[int]:
+    value = _text(name, value)
     if not isinstance(value, str):
         raise _not_a_string(name)
     items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
@@ -243,8 +330,7 @@ def _session_ids(name: str, value: Any) -> frozenset[int]:
 
 
 def _strings(name: str, value: Any) -> frozenset[str]:
-    if isinstance(value, (bytes, bytearray)):
-        value = value.decode("utf-8", "replace")
+    value = _text(name, value)
     if not isinstance(value, str):
         raise _not_a_string(name)
     items = [v.strip() for v in value.split(",") if v.strip()]
@@ -255,8 +341,7 @@ def _strings(name: str, value: Any) -> frozenset[str]:
 
 
 def _string(name: str, value: Any) -> str:
-    if isinstance(value, (bytes, bytearray)):
-        value = value.decode("utf-8", "replace")
+    value = _text(name, value)
     if not isinstance(value, str) or not value:
         raise BadEvent("bad_header", f"header {name} must be a non-empty string")
     return value
@@ -265,8 +350,7 @@ def _string(name: str, value: Any) -> str:
 def _flag(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, (bytes, bytearray)):
-        value = value.decode("utf-8", "replace")
+    value = _text(name, value)
     if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
         return value.lower() in ("true", "1")
     if _is_int(value) and value in (0, 1):
@@ -303,8 +387,20 @@ _HEADER_FIELDS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
 }
 
 
-def decode_delivery(routing_key: str, properties: Any, body: bytes, max_size: int) -> InboundEvent:
-    """Turn one AMQP delivery into an :class:`InboundEvent` or raise BadEvent."""
+def decode_delivery(routing_key: Any, properties: Any, body: bytes, max_size: int) -> InboundEvent:
+    """Turn one AMQP delivery into an :class:`InboundEvent` or raise
+    :class:`BadEvent`; nothing else escapes, whatever the message holds."""
+    try:
+        return _decode_delivery(routing_key, properties, body, max_size)
+    except BadEvent:
+        raise
+    except Exception as e:  # a value of a type no check foresaw
+        raise BadEvent("bad_message", f"message cannot be decoded ({type(e).__name__})")
+
+
+def _decode_delivery(routing_key: Any, properties: Any, body: bytes, max_size: int) -> InboundEvent:
+    if not isinstance(routing_key, str):  # pika leaves invalid UTF-8 as bytes
+        raise BadEvent("bad_topic", "routing key is not valid UTF-8")
     try:
         topic = validate_topic(routing_key)
     except InvalidTopic as e:
@@ -320,9 +416,9 @@ def decode_delivery(routing_key: str, properties: Any, body: bytes, max_size: in
     if (encoding or "").lower() not in _ENCODINGS:
         raise BadEvent("content_type", f"unsupported content encoding {encoding!r}")
     try:
-        value = _DECODER.decode(body.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadEvent("bad_json", f"body is not valid JSON ({e.__class__.__name__})")
+        value = parse_body(body)
+    except (ValueError, RecursionError) as e:
+        raise BadEvent("bad_json", f"body is not JSON every client can read ({e})")
 
     headers = _normalized(getattr(properties, "headers", None) or {})
     event = InboundEvent(topic=topic, publication=0)
@@ -361,25 +457,76 @@ def decode_delivery(routing_key: str, properties: Any, body: bytes, max_size: in
                 if table is None:
                     table = {}
                     setattr(event, attr, table)
+                if _is_int(value):  # e.g. wamp-eligible-extra-tenantid: 7
+                    value = str(value)
                 table[name[len(prefix) :]] = _strings(name, value)
                 break
         else:
             raise BadEvent("bad_header", f"unknown header {name} (wamp-* headers are reserved)")
 
     extra = event.extra
-    message_id = getattr(properties, "message_id", None)
-    if message_id:
-        extra["x_message_id"] = message_id
+    for prop, detail in _TEXT_PROPERTIES:
+        value = getattr(properties, prop, None)
+        if value:
+            if not isinstance(value, str):  # pika leaves invalid UTF-8 as bytes
+                raise BadEvent("bad_property", f"property {prop} is not valid UTF-8")
+            try:
+                _check_text(value)
+            except ValueError as e:
+                raise BadEvent("bad_property", f"property {prop}: {e}")
+            extra[detail] = value
     timestamp = getattr(properties, "timestamp", None)
     if timestamp is not None:
+        if not _is_int(timestamp) or not 0 <= timestamp < 2**63:
+            raise BadEvent("bad_property", "property timestamp is not a time")
         extra["x_timestamp"] = int(timestamp)
-    kind = getattr(properties, "type", None)
-    if kind:
-        extra["x_type"] = kind
-    app_id = getattr(properties, "app_id", None)
-    if app_id:
-        extra["x_app_id"] = app_id
     return event
+
+
+#: AMQP text properties carried into EVENT.details
+_TEXT_PROPERTIES = (("message_id", "x_message_id"), ("type", "x_type"), ("app_id", "x_app_id"))
+
+
+def canonical_headers(event: InboundEvent) -> dict[str, Any]:
+    """The headers that :func:`decode_delivery` reads back as ``event``,
+    with every list as a comma-separated string (what RabbitMQ streams keep):
+    the form the ingest step writes into the event log."""
+    headers: dict[str, Any] = {}
+    if event.publication:
+        headers[HEADER_PUBLICATION] = event.publication
+    if event.publisher is not None:
+        headers[HEADER_PUBLISHER] = event.publisher
+    headers[HEADER_EXCLUDE_ME] = event.exclude_me
+    if event.disclose_me:
+        headers[HEADER_DISCLOSE_ME] = True
+    if event.raw is None:
+        headers[HEADER_PAYLOAD] = PAYLOAD_ENVELOPE
+    if event.retain:
+        headers[HEADER_RETAIN] = True
+    for name, ids in ((HEADER_ELIGIBLE, event.eligible), (HEADER_EXCLUDE, event.exclude)):
+        if ids is not None:
+            headers[name] = ",".join(str(i) for i in sorted(ids))
+    for name, text in (
+        (HEADER_PUBLISHER_AUTHID, event.publisher_authid),
+        (HEADER_PUBLISHER_AUTHROLE, event.publisher_authrole),
+    ):
+        if text is not None:
+            headers[name] = text
+    lists = [
+        (HEADER_ELIGIBLE_AUTHID, event.eligible_authid),
+        (HEADER_EXCLUDE_AUTHID, event.exclude_authid),
+        (HEADER_ELIGIBLE_AUTHROLE, event.eligible_authrole),
+        (HEADER_EXCLUDE_AUTHROLE, event.exclude_authrole),
+    ]
+    for prefix, table in (
+        (ELIGIBLE_EXTRA, event.eligible_extra),
+        (EXCLUDE_EXTRA, event.exclude_extra),
+    ):
+        lists.extend((prefix + name, values) for name, values in (table or {}).items())
+    for name, values in lists:
+        if values is not None:
+            headers[name] = ",".join(sorted(values))
+    return headers
 
 
 @dataclass(slots=True)
@@ -456,9 +603,10 @@ def encode_publication(
             value["kwargs"] = kwargs
         headers[HEADER_PAYLOAD] = PAYLOAD_ENVELOPE
     try:
+        check_value(value)
         body = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as e:
-        raise PayloadError(f"payload cannot be encoded as JSON: {e}")
+    except (TypeError, ValueError, RecursionError) as e:
+        raise PayloadError(f"payload cannot be carried to every client: {e}")
     if len(body) > max_size:
         raise PayloadError(f"payload of {len(body)} bytes exceeds {max_size}")
     return Publication(topic=topic, body=body, headers=headers)

@@ -26,15 +26,17 @@ admit the session.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.defer import DeferredSemaphore, inlineCallbacks, succeed
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 
 from notifyd.bindings import Bindings
 from notifyd.events import HEADER_RETAIN, BadEvent, InboundEvent, decode_delivery
+from notifyd.ingest import LOG_HEADER, LogWriter, is_checked, log_exchange
+from notifyd.logs import Logger
 from notifyd.streams import LogUnavailable, StreamLog
 from notifyd.topics import PatternSet, matches
 from notifyd.wamp import WampError, make_event
@@ -111,6 +113,47 @@ class Catchup:
             sub.subscribers[self.session_id] = self.session
 
 
+class FairReaders:
+    """At most ``limit`` log readers at once, handed out round-robin between
+    the sessions waiting for one: a session asking for thirty replays gets
+    one turn in each round, not thirty turns before anybody else."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        #: owner -> its waiting requests, in the order owners first asked
+        self._waiting: dict[Any, list[Deferred[None]]] = {}
+
+    def acquire(self, owner: Any) -> Deferred[None]:
+        """Fires when ``owner`` may read; cancel it to stop waiting."""
+        if self.running < self.limit and not self._waiting:
+            self.running += 1
+            return succeed(None)
+
+        def cancel(d: Deferred[None]) -> None:
+            queue = self._waiting.get(owner, [])
+            if d in queue:
+                queue.remove(d)
+                if not queue:
+                    del self._waiting[owner]
+
+        d: Deferred[None] = Deferred(cancel)
+        self._waiting.setdefault(owner, []).append(d)
+        return d
+
+    def release(self) -> None:
+        """A reader is done: the next owner in turn gets its slot."""
+        self.running -= 1
+        while self._waiting and self.running < self.limit:
+            owner = next(iter(self._waiting))
+            queue = self._waiting.pop(owner)
+            d = queue.pop(0)
+            if queue:  # back of the line for the owner's next request
+                self._waiting[owner] = queue
+            self.running += 1
+            d.callback(None)
+
+
 @dataclass
 class HistorySettings:
     """What :class:`History` needs from the configuration."""
@@ -118,7 +161,7 @@ class HistorySettings:
     patterns: PatternSet
     max_message_size: int
     max_events: int = 1000
-    scan_limit: int = 100_000
+    scan_limit: int = 10_000
     readers: int = 8
     #: a replay whose client does not read for this long is given up
     stall_timeout: float = 60.0
@@ -128,11 +171,12 @@ class HistorySettings:
     max_retained: int = 100_000
 
 
-def _decode(offset: int, msg: Any, max_size: int, base: int = 1) -> InboundEvent | None:
-    try:
-        event = decode_delivery(msg.method.routing_key, msg.properties, msg.body, max_size)
-    except BadEvent:
-        return None
+def _decode(offset: int, msg: Any, max_size: int, base: int = 1) -> InboundEvent:
+    """The event of a log entry; BadEvent for one that did not come through
+    the ingest step or cannot be decoded."""
+    if not is_checked(msg):
+        raise BadEvent("unchecked", "entry was not written by notifyd's ingest step")
+    event = decode_delivery(msg.method.routing_key, msg.properties, msg.body, max_size)
     event.publication = offset + base
     return event
 
@@ -148,8 +192,11 @@ class History:
         log: StreamLog,
         retained: StreamLog,
         clock: Any = None,
+        writer: LogWriter | None = None,
     ) -> None:
         self.settings = settings
+        #: the ingest step feeding both streams (None in unit tests)
+        self.writer = writer
         self.patterns = settings.patterns
         self.log = log
         self.retained_log = retained
@@ -158,7 +205,10 @@ class History:
         self.bindings = Bindings()
         #: topic -> (newest retained event, its time), oldest update first
         self.retained: dict[str, tuple[InboundEvent, float]] = {}
-        self._readers = DeferredSemaphore(settings.readers)
+        self._readers = FairReaders(settings.readers)
+        #: undecodable entries skipped, by reason
+        self.skipped: Counter[str] = Counter()
+        self._reported: set[tuple[int, int]] = set()
         if clock is None:
             from twisted.internet import reactor as clock
         self._clock = clock
@@ -166,28 +216,69 @@ class History:
     # -- connection life cycle (called by the AMQP service) ---------------------------
     @inlineCallbacks
     def attach(self, conn: Any, channel: Any, publish_channel: Any, exchange: str) -> Any:
-        """Declare the log and the retained store, and follow both."""
+        """Declare the log and the retained store, and follow both.  Both
+        streams are fed only by the ingest step (:mod:`notifyd.ingest`),
+        through the headers exchange ``<exchange>.log``."""
+        log_ex = log_exchange(exchange)
+        yield channel.exchange_declare(exchange=log_ex, exchange_type="headers", durable=True)
         yield self.log.attach(
-            conn, channel, publish_channel, [(exchange, k, None) for k in self.patterns.keys]
+            conn, channel, publish_channel, [(log_ex, "", {"x-match": "all", LOG_HEADER: True})]
         )
-        retained_exchange = f"{exchange}.retained"
-        yield channel.exchange_declare(
-            exchange=retained_exchange, exchange_type="headers", durable=True
-        )
-        yield channel.exchange_bind(destination=retained_exchange, source=exchange, routing_key="#")
         yield self.retained_log.attach(
             conn,
             channel,
             publish_channel,
-            [(retained_exchange, "", {"x-match": "all", HEADER_RETAIN: True})],
+            [(log_ex, "", {"x-match": "all", HEADER_RETAIN: True})],
         )
+        yield self._drop_direct_routes(channel, exchange)
+        if self.writer is not None:
+            yield self.writer.attach(conn, channel, exchange)
         yield self.bindings.attach(_LogBinder())
+
+    @inlineCallbacks
+    def _drop_direct_routes(self, channel: Any, exchange: str) -> Any:
+        """Versions before the ingest step bound the streams to the events
+        exchange directly, past every check: remove those routes."""
+        for key in self.patterns.keys:
+            yield channel.queue_unbind(queue=self.log.name, exchange=exchange, routing_key=key)
+        old = f"{exchange}.retained"
+        yield channel.exchange_declare(exchange=old, exchange_type="headers", durable=True)
+        yield channel.exchange_unbind(destination=old, source=exchange, routing_key="#")
+        yield channel.queue_unbind(
+            queue=self.retained_log.name,
+            exchange=old,
+            routing_key="",
+            arguments={"x-match": "all", HEADER_RETAIN: True},
+        )
 
     def detach(self) -> None:
         """RabbitMQ is gone."""
+        if self.writer is not None:
+            self.writer.detach()
         self.log.detach()
         self.retained_log.detach()
         self.bindings.detach()
+
+    def event_of(self, offset: int, msg: Any, base: int = 1) -> InboundEvent | None:
+        """The event of the entry at ``offset``, or None: an entry that cannot
+        be decoded is skipped (counted; logged once), never fatal to a
+        replay, a live fan-out or ``get_events``."""
+        try:
+            return _decode(offset, msg, self.settings.max_message_size, base)
+        except BadEvent as e:
+            self.skipped[e.reason] += 1
+            key = (base, offset)
+            if key not in self._reported:
+                if len(self._reported) >= 10_000:
+                    self._reported.clear()
+                self._reported.add(key)
+                self._log.warn(
+                    "skipped {which} entry {offset}: {reason}",
+                    which="event-log" if base == 1 else "retained",
+                    offset=offset,
+                    reason=str(e),
+                )
+            return None
 
     def covers(self, key: str) -> bool:
         """Are all events a subscription with binding key ``key`` gets logged?"""
@@ -195,7 +286,7 @@ class History:
 
     def on_retained_entry(self, offset: int, msg: Any) -> None:
         """The retained stream's live consumer: keep the newest per topic."""
-        event = _decode(offset, msg, self.settings.max_message_size, RETAINED_ID_BASE + 1)
+        event = self.event_of(offset, msg, RETAINED_ID_BASE + 1)
         if event is not None:
             event.retained = True
             stamp = event.extra.get("x_timestamp") or self._clock.seconds()
@@ -245,7 +336,7 @@ class History:
             catchup.replaying = False
             on_ready()
             return 0
-        yield self._readers.acquire()
+        yield self._readers.acquire(catchup.session_id)
         try:
             sent = 0
             ready: list[bool] = []
@@ -273,7 +364,6 @@ class History:
     def _replay(self, catchup: Catchup, sub: Subscription, after: int, on_ready: Any) -> Any:
         start = after  # the offset of publication id after + 1
         session = catchup.session
-        max_size = self.settings.max_message_size
         state = {"first": True, "sent": 0, "gap": None}
         log = self.log
 
@@ -288,7 +378,7 @@ class History:
                     return True
                 on_ready()
             if msg is not None and matches(sub.topic, sub.match, msg.method.routing_key):
-                event = _decode(offset, msg, max_size)
+                event = self.event_of(offset, msg)
                 if event is not None and (not event.filtered or event.receives(catchup)):
                     session.send_event(make_event(sub, event))
                     state["sent"] += 1
@@ -334,7 +424,7 @@ class History:
             tail_id = yield self.position()
         except LogUnavailable:
             raise HistoryError(ERROR_LOG_UNAVAILABLE, "the event log is not reachable right now")
-        yield self._readers.acquire()
+        yield self._readers.acquire(session.session_id)
         try:
             found: list[dict[str, Any]] = []
             end = tail_id - 1  # newest offset
@@ -360,7 +450,6 @@ class History:
         and the first offset the log had from ``start`` on."""
         batch: list[dict[str, Any]] = []
         first: list[int] = []
-        max_size = self.settings.max_message_size
 
         def handle(offset: int, msg: Any) -> bool:
             if not first:
@@ -368,7 +457,7 @@ class History:
             if offset > end:
                 return True
             if msg is not None and matches(sub.topic, sub.match, msg.method.routing_key):
-                event = _decode(offset, msg, max_size)
+                event = self.event_of(offset, msg)
                 if event is not None and (not event.filtered or event.receives(session)):
                     batch.append(_as_dict(event, sub))
             return offset >= end

@@ -7,11 +7,24 @@ answer is about this node (a session on another node behind the load balancer
 is not counted) and shows only subscriptions the caller could hold itself:
 a subscription whose topic the caller may not subscribe to does not exist for
 it (``wamp.error.no_such_subscription``, ``null`` or left out of lists).
-``wamp.session.count`` and ``wamp.subscription.list_subscribers`` reveal
-other sessions: only roles in ``meta_api_roles`` may call them.
+``wamp.session.count``, ``wamp.subscription.list_subscribers`` and the
+``wamp.session.kill*`` procedures reach other sessions: only roles in
+``meta_api_roles`` may call them (others get ``wamp.error.not_authorized``).
 
 =================================== =============================================
 ``wamp.session.count``              ``([authroles])`` → sessions on this node
+``wamp.session.kill``               ``(session_id, reason=, message=)`` →
+                                    ``null``; the session gets GOODBYE
+                                    ``reason`` (default ``wamp.close.killed``).
+                                    The caller's own id, or one not on this
+                                    node: ``wamp.error.no_such_session`` (the
+                                    order still goes to the other nodes)
+``wamp.session.kill_by_authid``     ``(authid, reason=, message=)`` → ids of
+                                    the sessions killed on this node; every
+                                    node kills that authid's sessions, the
+                                    caller excepted
+``wamp.session.kill_by_authrole``   ``(authrole, reason=, message=)`` → the
+                                    same, by authrole
 ``wamp.subscription.list``          ``()`` → ``{"exact": [id…], "prefix": […],
                                     "wildcard": […]}``
 ``wamp.subscription.lookup``        ``(topic, {"match": m})`` → id or ``null``
@@ -25,6 +38,19 @@ other sessions: only roles in ``meta_api_roles`` may call them.
 ``notifyd.history.position``        ``()`` → publication id of the newest
                                     logged event (resume from there)
 =================================== =============================================
+
+Kills follow the WAMP meta API (as Crossbar.io answers them); they also go to
+every other node through the control exchange (see
+:mod:`notifyd.revocation`).
+
+Bounded cost: every CALL takes a token from the session's CALL bucket
+(:mod:`notifyd.ratelimit`).  A call whose work grows with the node (a walk
+over all its subscriptions, or all subscribers of one) takes one more token
+per :data:`SCAN_PER_TOKEN` entries walked, so one session spamming
+``wamp.subscription.list`` on a busy node is slowed down in proportion;
+answered ``notifyd.error.rate_limited`` when the bucket is short.
+``wamp.subscription.match`` uses the broker's own index, not a walk.
+``filter_authroles`` takes at most :data:`MAX_FILTER_ROLES` roles.
 """
 
 from __future__ import annotations
@@ -36,8 +62,10 @@ from twisted.internet.defer import maybeDeferred
 
 from notifyd import wamp
 from notifyd.history import ERROR_HISTORY_UNAVAILABLE, ERROR_LOG_UNAVAILABLE
+from notifyd.ratelimit import ERROR_RATE_LIMITED
+from notifyd.revocation import CLOSE_KILLED, KillOrder, check_message, check_reason
 from notifyd.streams import LogUnavailable
-from notifyd.topics import MATCH_POLICIES, InvalidTopic, matches, validate_pattern, validate_topic
+from notifyd.topics import MATCH_POLICIES, InvalidTopic, validate_pattern, validate_topic
 
 if TYPE_CHECKING:
     from notifyd.broker import Subscription
@@ -47,6 +75,11 @@ if TYPE_CHECKING:
 #: get_events calls one session may have running (they share the node's readers)
 MAX_HISTORY_CALLS = 2
 ERROR_BUSY = "notifyd.error.busy"
+ERROR_NO_SUCH_SESSION = "wamp.error.no_such_session"
+#: entries a meta call may walk per extra CALL token it takes
+SCAN_PER_TOKEN = 1000
+#: most roles in wamp.session.count's filter_authroles
+MAX_FILTER_ROLES = 100
 
 
 class CallError(wamp.WampError):
@@ -75,6 +108,9 @@ class MetaApi:
     def __init__(self) -> None:
         self._procedures: dict[str, Callable[..., Any]] = {
             "wamp.session.count": self.session_count,
+            "wamp.session.kill": self.session_kill,
+            "wamp.session.kill_by_authid": self.session_kill_by_authid,
+            "wamp.session.kill_by_authrole": self.session_kill_by_authrole,
             "wamp.subscription.list": self.subscription_list,
             "wamp.subscription.lookup": self.subscription_lookup,
             "wamp.subscription.match": self.subscription_match,
@@ -107,6 +143,14 @@ class MetaApi:
             raise CallError(wamp.ERROR_NO_SUCH_SUBSCRIPTION, f"no subscription {sid}")
         return sub
 
+    @staticmethod
+    def _charge(session: WampSession, entries: int) -> None:
+        """A call that walks ``entries`` things takes tokens in proportion."""
+        extra = entries // SCAN_PER_TOKEN
+        if extra and not session.charge_call(extra):
+            session.router.stats.inc("rate_limited_call")
+            raise CallError(ERROR_RATE_LIMITED, "too many expensive CALLs; slow down")
+
     # -- procedures -----------------------------------------------------------------
     @staticmethod
     def _may_see_sessions(session: WampSession) -> None:
@@ -119,17 +163,86 @@ class MetaApi:
     def session_count(self, session: WampSession, args: list, kwargs: dict) -> int:
         self._may_see_sessions(session)
         roles = _arg(args, kwargs, 0, "filter_authroles", None)
-        sessions = session.router.sessions.values()
+        sessions = session.router.sessions
         if roles is None:
             return len(sessions)
-        if not isinstance(roles, list):
-            raise CallError(wamp.ERROR_INVALID_ARGUMENT, "filter_authroles must be a list")
-        return sum(1 for s in sessions if s.authrole in roles)
+        if (
+            not isinstance(roles, list)
+            or len(roles) > MAX_FILTER_ROLES
+            or not all(isinstance(r, str) for r in roles)
+        ):
+            raise CallError(
+                wamp.ERROR_INVALID_ARGUMENT,
+                f"filter_authroles must be a list of at most {MAX_FILTER_ROLES} strings",
+            )
+        self._charge(session, len(sessions))
+        wanted = set(roles)
+        return sum(1 for s in sessions.values() if s.authrole in wanted)
+
+    # kills: WAMP meta API names, Crossbar.io's answers
+    @staticmethod
+    def _may_kill(session: WampSession) -> None:
+        if session.authrole not in session.router.policy.meta_roles:
+            raise CallError(
+                wamp.ERROR_NOT_AUTHORIZED,
+                f"{session.authrole!r} may not kill sessions (meta_api_roles)",
+            )
+
+    @staticmethod
+    def _close_args(args: list, kwargs: dict) -> tuple[str, str | None]:
+        reason = _arg(args, kwargs, 1, "reason", None)
+        try:
+            return (
+                check_reason(CLOSE_KILLED if reason is None else reason),
+                check_message(_arg(args, kwargs, 2, "message", None)),
+            )
+        except ValueError as e:
+            raise CallError(wamp.ERROR_INVALID_ARGUMENT, str(e))
+
+    @staticmethod
+    def _name(args: list, kwargs: dict, name: str) -> str:
+        value = _arg(args, kwargs, 0, name)
+        if not isinstance(value, str) or not value:
+            raise CallError(wamp.ERROR_INVALID_ARGUMENT, f"{name} must be a non-empty string")
+        return value
+
+    def session_kill(self, session: WampSession, args: list, kwargs: dict) -> None:
+        self._may_kill(session)
+        target = _int(_arg(args, kwargs, 0, "session_id"), "session_id")
+        reason, text = self._close_args(args, kwargs)
+        if target == session.session_id:
+            # as the WAMP spec says: a session cannot kill itself this way
+            raise CallError(ERROR_NO_SUCH_SESSION, f"no session with ID {target} to kill")
+        killed = session.router.kill(KillOrder(session=target, reason=reason, message=text))
+        if not killed:
+            raise CallError(
+                ERROR_NO_SUCH_SESSION, f"no session with ID {target} exists on this node"
+            )
+        return None
+
+    def session_kill_by_authid(self, session: WampSession, args: list, kwargs: dict) -> list:
+        self._may_kill(session)
+        authid = self._name(args, kwargs, "authid")
+        reason, text = self._close_args(args, kwargs)
+        order = KillOrder(authid=authid, reason=reason, message=text, exclude=session.session_id)
+        return session.router.kill(order)
+
+    def session_kill_by_authrole(self, session: WampSession, args: list, kwargs: dict) -> list:
+        self._may_kill(session)
+        authrole = self._name(args, kwargs, "authrole")
+        reason, text = self._close_args(args, kwargs)
+        order = KillOrder(
+            authrole=authrole, reason=reason, message=text, exclude=session.session_id
+        )
+        return session.router.kill(order)
 
     def subscription_list(self, session: WampSession, args: list, kwargs: dict) -> dict:
+        subs = session.router.broker.subscriptions()
+        self._charge(session, len(subs))
+        visible = session.router.policy.authorizer.subscribe_checker(session.identity())
         out: dict[str, list[int]] = {m: [] for m in MATCH_POLICIES}
-        for sub in session.router.broker.subscriptions():
-            if self._visible(session, sub):
+        for sub in subs:
+            if visible(sub.topic, sub.match):
                 out[sub.match].append(sub.id)
         return out
 
@@ -152,11 +265,10 @@ class MetaApi:
             validate_topic(topic)
         except InvalidTopic as e:
             raise CallError(wamp.ERROR_INVALID_ARGUMENT, str(e))
-        ids = [
-            sub.id
-            for sub in session.router.broker.subscriptions()
-            if matches(sub.topic, sub.match, topic) and self._visible(session, sub)
-        ]
+        subs = session.router.broker.match(topic, ready=False)
+        self._charge(session, len(subs))
+        visible = session.router.policy.authorizer.subscribe_checker(session.identity())
+        ids = [sub.id for sub in subs if visible(sub.topic, sub.match)]
         return ids or None
 
     def subscription_get(self, session: WampSession, args: list, kwargs: dict) -> dict:
@@ -166,6 +278,7 @@ class MetaApi:
     def list_subscribers(self, session: WampSession, args: list, kwargs: dict) -> list[int]:
         self._may_see_sessions(session)
         sub = self._subscription(session, args, kwargs)
+        self._charge(session, len(sub.subscribers))
         return list(sub.subscribers)
 
     def count_subscribers(self, session: WampSession, args: list, kwargs: dict) -> int:

@@ -32,6 +32,12 @@ notifyd_connections_refused_total          counter reason (``origin``, ``limit``
 notifyd_events_replayed_total              counter
 notifyd_resumes_failed_total               counter
 notifyd_log_entries_skipped_total          counter
+notifyd_log_entries_undecodable_total      counter reason (``unchecked``, ``bad_json``, …)
+notifyd_log_writes_total                   counter (events written to the log by this node)
+notifyd_log_writes_failed_total            counter
+notifyd_sessions_killed_total              counter
+notifyd_rate_limited_total                 counter kind (``subscribe``, ``call``, ``publish``,
+                                                   ``publish_bytes``)
 notifyd_history_position                   gauge  (with history: newest log position handled)
 notifyd_history_ready                      gauge
 notifyd_retained_topics                    gauge
@@ -76,6 +82,11 @@ _PLAIN_COUNTERS = {
         "notifyd_log_entries_skipped",
         "event-log entries no subscription on this node wanted",
     ),
+    "log_writes_failed": (
+        "notifyd_log_writes_failed",
+        "writes of the ingest step RabbitMQ refused (the event is written again)",
+    ),
+    "sessions_killed": ("notifyd_sessions_killed", "sessions ended by a kill order"),
 }
 _LABELLED = {
     "events_dropped_": ("notifyd_events_dropped", "events not delivered to a subscriber", "reason"),
@@ -86,8 +97,13 @@ _LABELLED = {
     ),
     "connections_refused_": (
         "notifyd_connections_refused",
-        "WebSocket connections refused",
+        "connections and WebSocket handshakes refused",
         "reason",
+    ),
+    "rate_limited_": (
+        "notifyd_rate_limited",
+        "requests refused by a per-session rate limit",
+        "kind",
     ),
 }
 
@@ -163,6 +179,21 @@ class NotifydCollector(Collector):
                 "topics with a retained event",
                 value=len(history.retained),
             )
+            undecodable = CounterMetricFamily(
+                "notifyd_log_entries_undecodable",
+                "event-log and retained entries skipped because they cannot be decoded "
+                "or did not come through the ingest step",
+                labels=["reason"],
+            )
+            for reason, n in sorted(history.skipped.items()):
+                undecodable.add_metric([reason], n)
+            yield undecodable
+            if history.writer is not None:
+                yield CounterMetricFamily(
+                    "notifyd_log_writes",
+                    "events this node's ingest consumer wrote to the event log",
+                    value=history.writer.written,
+                )
 
         for key, (name, doc) in _PLAIN_COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=counters.get(key, 0))

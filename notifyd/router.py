@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from autobahn.util import id as random_id
 from prometheus_client import Histogram
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from notifyd.auth import CraAuthenticator, TicketAuthenticator
 from notifyd.authz import Authorizer
 from notifyd.broker import Broker
 from notifyd.events import BadEvent, Publication, decode_delivery, publication_id
 from notifyd.history import CLOSE_RESUME_FAILED
+from notifyd.logs import Logger
 
 if TYPE_CHECKING:
     from notifyd.session import WampSession
@@ -57,6 +57,8 @@ class Policy:
     anonymous_role: str = "anonymous"
     #: roles that may see other sessions through the meta API
     meta_roles: tuple[str, ...] = ()
+    #: per-session rate limits (a notifyd.ratelimit.Limits; None: its defaults)
+    limits: Any = None
 
     def __post_init__(self) -> None:
         if self.authorizer is None:
@@ -108,6 +110,7 @@ class Router:
         policy: Policy,
         publisher: Publisher | None = None,
         clock: Any = None,
+        stats: Stats | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -116,10 +119,13 @@ class Router:
         self.policy = policy
         self.publisher = publisher
         self.sessions: dict[int, WampSession] = {}
-        self.stats = Stats()
+        self.stats = stats if stats is not None else Stats()
         #: the event log (notifyd.history.History), if topics keep history
         self.history: Any = None
         self._logged: Any = None
+        #: tells every other node to end the sessions a kill order selects
+        #: (the AMQP control exchange); None: this node only
+        self.broadcast_kill: Any = None
 
     @property
     def realm(self) -> str:
@@ -139,6 +145,22 @@ class Router:
         if self.sessions.pop(session.session_id, None) is not None:
             self.broker.detach(session)
             self.stats.inc("sessions_closed")
+
+    def kill(self, order: Any, broadcast: bool = True) -> list[int]:
+        """End this node's sessions that ``order`` (a
+        :class:`notifyd.revocation.KillOrder`) selects, with GOODBYE
+        ``order.reason``; with ``broadcast``, tell the other nodes too.
+        Returns the ids of the sessions ended here."""
+        killed = [sid for sid, session in list(self.sessions.items()) if order.selects(session)]
+        for sid in killed:
+            session = self.sessions.get(sid)
+            if session is not None:
+                session.kill(order.reason, order.message)
+        if killed:
+            self.stats.inc("sessions_killed", len(killed))
+        if broadcast and self.broadcast_kill is not None:
+            self.broadcast_kill(order)
+        return killed
 
     def use_history(self, history: Any) -> None:
         """Deliver the topics ``history`` logs from its stream, not the queue."""
@@ -172,8 +194,8 @@ class Router:
         consumer delivers them (with their log position as publication id).
         """
         logged = self._logged
-        if logged is not None and logged(routing_key):
-            return 0
+        if logged is not None and type(routing_key) is str and logged(routing_key):
+            return 0  # the event log's consumer delivers it
         try:
             event = decode_delivery(routing_key, properties, body, self.policy.max_message_size)
         except BadEvent as e:
@@ -186,22 +208,15 @@ class Router:
     def on_log_entry(self, offset: int, msg: Any) -> int:
         """Fan one event-log entry out (publication id: offset + 1)."""
         topic = msg.method.routing_key
+        if not isinstance(topic, str):
+            topic = ""  # not UTF-8: matches no subscription, skipped below
         subs = [sub for sub in self.broker.match(topic, ready=False) if sub.subscribers]
         if not subs:
             self.stats.inc("log_entries_skipped")
             return 0
-        try:
-            event = decode_delivery(topic, msg.properties, msg.body, self.policy.max_message_size)
-        except BadEvent as e:
-            self.stats.inc(f"events_rejected_{e.reason}")
-            self._log.warn(
-                "skipped event-log entry {offset} on {key}: {reason}",
-                offset=offset,
-                key=topic,
-                reason=str(e),
-            )
+        event = self.history.event_of(offset, msg)
+        if event is None:
             return 0
-        event.publication = offset + 1
         return self._fan_out(event, subs)
 
     def _fan_out(self, event: Any, subs: list[Any] | None = None) -> int:

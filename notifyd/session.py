@@ -8,22 +8,42 @@ the session answers through the :class:`Transport` it was given.
 States and what is accepted in each:
 
 ========== =================================================================
-NEW        HELLO → WELCOME (anonymous), CHALLENGE (ticket, wampcra) or ABORT
+NEW        HELLO → WELCOME (anonymous), CHALLENGE (ticket, wampcra — also
+           for an unknown wampcra authid) or ABORT
            (``wamp.error.no_such_realm``, ``wamp.error.no_auth_method``,
-           ``wamp.error.not_authorized``, ``wamp.error.no_such_principal``).
-           ABORT from the client closes.  Anything else: ABORT
+           ``wamp.error.not_authorized``,
+           ``wamp.error.authentication_failed`` for a wampcra authid no user
+           can have).  ABORT from the client closes.  Anything else: ABORT
            ``wamp.error.protocol_violation``.
 CHALLENGED AUTHENTICATE → WELCOME or ABORT ``wamp.error.authentication_failed``
-           (the log line says why, never with the secret).
-OPEN       SUBSCRIBE, UNSUBSCRIBE, PUBLISH, CALL (→ ERROR
+           (the same text for an unknown wampcra user as for a wrong
+           secret; the log line says why, never with the secret).
+OPEN       SUBSCRIBE, UNSUBSCRIBE, PUBLISH, CALL (the meta procedures of
+           :mod:`notifyd.meta`; others → ERROR
            ``wamp.error.no_such_procedure``), REGISTER/UNREGISTER (→ ERROR
            ``wamp.error.feature_not_supported``), CANCEL (ignored), GOODBYE
            (→ GOODBYE ``wamp.close.goodbye_and_out``, then close), ABORT.
+           SUBSCRIBE, CALL and PUBLISH over the session's rate limits (see
+           :mod:`notifyd.ratelimit`) → ERROR ``notifyd.error.rate_limited``
+           (PUBLISH: only with ``acknowledge``), the session stays open.
            Messages only a router sends (WELCOME, EVENT, …) or a second HELLO:
            ABORT ``wamp.error.protocol_violation``.
 CLOSING    we sent GOODBYE; the client's GOODBYE closes the transport.
 CLOSED     everything is ignored.
 ========== =================================================================
+
+Router-initiated ends of an OPEN session:
+
+=========================== ==================================================
+:meth:`WampSession.shutdown` GOODBYE (``wamp.close.system_shutdown``), waits for
+                            the client's GOODBYE (CLOSING).
+ticket expiry               GOODBYE ``wamp.close.auth_expired``, then close.
+:meth:`WampSession.kill`    (a kill order, :mod:`notifyd.revocation`): GOODBYE
+                            with the order's reason (``wamp.close.killed``)
+                            and message, then close at once.
+=========================== ==================================================
+
+In all three the subscriptions end at once: no EVENT follows the GOODBYE.
 
 A protocol violation ends only this session: ABORT, then the WebSocket is
 closed.  Other sessions and the process carry on.
@@ -41,7 +61,6 @@ from typing import Any, Protocol
 from autobahn.util import generate_token
 from autobahn.wamp import message
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from notifyd import wamp
@@ -57,7 +76,10 @@ from notifyd.history import (
     Catchup,
     HistoryError,
 )
+from notifyd.logs import Logger
 from notifyd.meta import MetaApi
+from notifyd.ratelimit import ERROR_RATE_LIMITED, Limits, SessionLimits
+from notifyd.revocation import CLOSE_KILLED
 from notifyd.router import PublishRejected, PublishUnavailable, Router
 from notifyd.topics import InvalidTopic, binding_key, validate_pattern, validate_topic
 
@@ -76,6 +98,10 @@ CLOSE_AUTH_EXPIRED = "wamp.close.auth_expired"
 #: SUBSCRIBE option: replay the event log after this publication id first
 OPTION_RESUME_AFTER = "_resume_after"
 ERROR_TOO_MANY_SUBSCRIPTIONS = "notifyd.error.too_many_subscriptions"
+
+
+def _goodbye(reason: str, text: str | None) -> message.Goodbye:
+    return message.Goodbye(reason=reason, message=text)
 
 
 class State(enum.Enum):
@@ -119,6 +145,8 @@ class WampSession:
         # the broker calls this once per delivery: no extra frame in between
         self.send_event = transport.send_event
         self._expiry: Any = None
+        #: this session's token buckets (set at WELCOME)
+        self.limits: SessionLimits | None = None
 
     # -- entry points from the transport ---------------------------------------
     def on_message(self, msg: message.Message, raw: list[Any] | None = None) -> None:
@@ -192,6 +220,24 @@ class WampSession:
             self.state = State.CLOSING
             self.transport.send(message.Goodbye(reason=reason))
         elif self.state in (State.NEW, State.CHALLENGED):
+            self._close()
+
+    def kill(self, reason: str = CLOSE_KILLED, message: str | None = None) -> None:
+        """End this session now (a kill order): its subscriptions end at
+        once, GOODBYE ``reason`` with ``message``, then the connection is
+        closed without waiting for the client's GOODBYE."""
+        if self.state is State.OPEN:
+            self._log.info(
+                "killing session {session} of {authid}: {reason}",
+                session=self.session_id,
+                authid=self.authid,
+                reason=reason,
+            )
+            self._detach()
+            self.state = State.CLOSING
+            self.transport.send(_goodbye(reason, message))
+            self._close()
+        elif self.state in (State.NEW, State.CHALLENGED, State.CLOSING):
             self._close()
 
     def _expired(self) -> None:
@@ -280,7 +326,7 @@ class WampSession:
                 authid, expected = state
                 principal = policy.cra.check(authid, expected, msg.signature)
         except AuthFailed as e:
-            self._auth_failed(method, None, e)
+            self._auth_failed(method, state[0] if method == "wampcra" else None, e)
             return
         self._welcome(principal)
 
@@ -290,7 +336,7 @@ class WampSession:
             method=method,
             peer=self.peer,
             who=f" as {authid!r}" if isinstance(authid, str) else "",
-            reason=e.reason,
+            reason=e.detail,
         )
         self.router.stats.inc("auth_failures")
         self._refuse(e.uri, e.reason)
@@ -306,6 +352,9 @@ class WampSession:
         self.authmethod = principal.authmethod
         self.authextra = dict(principal.authextra)
         self.state = State.OPEN
+        self.limits = SessionLimits(
+            policy.limits or Limits(), self.router.clock.seconds(), policy.max_message_size
+        )
         self.router.attach(self)
         if principal.expires_at is not None:
             delay = max(0.0, principal.expires_at - self.router.clock.seconds())
@@ -338,6 +387,10 @@ class WampSession:
         self._close()
 
     def _on_subscribe(self, msg: message.Subscribe, options: dict[str, Any] | None = None) -> None:
+        if not self._take(self.limits.subscribe if self.limits else None):
+            self.router.stats.inc("rate_limited_subscribe")
+            self._error(msg.MESSAGE_TYPE, msg.request, ERROR_RATE_LIMITED, "too many SUBSCRIBEs")
+            return
         try:
             validate_pattern(msg.topic, msg.match or "exact")
         except InvalidTopic as e:
@@ -532,10 +585,17 @@ class WampSession:
             if ack:
                 self._error(msg.MESSAGE_TYPE, request, uri, text)
 
+        if not self._take(self.limits.publish if self.limits else None):
+            self.router.stats.inc("rate_limited_publish")
+            return refuse(ERROR_RATE_LIMITED, "too many PUBLISHes")
         try:
             validate_topic(msg.topic)
         except InvalidTopic as e:
             return refuse(wamp.ERROR_INVALID_URI, str(e))
+        if msg.topic.startswith("wamp."):  # reserved for the router (as Crossbar)
+            return refuse(
+                wamp.ERROR_INVALID_URI, f"{msg.topic!r} is in the reserved wamp namespace"
+            )
         if not self.router.policy.authorizer.may_publish(self.identity(), msg.topic):
             return refuse(wamp.ERROR_NOT_AUTHORIZED, f"publishing to {msg.topic!r} is not allowed")
         if type(disclose_me) is not bool:
@@ -568,6 +628,18 @@ class WampSession:
             )
         except PayloadError as e:
             return refuse(wamp.ERROR_INVALID_ARGUMENT, str(e))
+        history = self.router.history
+        if (
+            history is not None
+            and self.limits is not None
+            and history.patterns.matches(msg.topic)
+            and not self._take(self.limits.publish_log, len(pub.body))
+        ):
+            # one session must not roll the shared event log over
+            self.router.stats.inc("rate_limited_publish_bytes")
+            return refuse(
+                ERROR_RATE_LIMITED, "too many bytes published to logged topics; slow down"
+            )
 
         def done(_: object) -> None:
             self.router.stats.inc("publishes")
@@ -586,6 +658,10 @@ class WampSession:
         publisher.publish(pub).addCallbacks(done, failed)
 
     def _on_call(self, msg: message.Call) -> None:
+        if not self._take(self.limits.call if self.limits else None):
+            self.router.stats.inc("rate_limited_call")
+            self._error(msg.MESSAGE_TYPE, msg.request, ERROR_RATE_LIMITED, "too many CALLs")
+            return
         if msg.procedure not in self._meta:
             self._error(
                 msg.MESSAGE_TYPE,
@@ -637,6 +713,16 @@ class WampSession:
         pass  # no call is ever pending: there is nothing to cancel
 
     # -- helpers -------------------------------------------------------------------
+    def _take(self, bucket: Any, n: float = 1) -> bool:
+        return bucket is None or bucket.take(self.router.clock.seconds(), n)
+
+    def charge_call(self, n: float) -> bool:
+        """Take ``n`` more CALL tokens for an expensive call (the CALL took
+        one already; at most the burst in all, so a call always passes when
+        the bucket was full); False if the session has not that many left."""
+        bucket = self.limits.call if self.limits else None
+        return bucket is None or self._take(bucket, min(n, max(0.0, bucket.burst - 1)))
+
     def _error(self, request_type: int, request: int, uri: str, text: str) -> None:
         if self.state is State.OPEN:
             self.transport.send(message.Error(request_type, request, uri, args=[text]))

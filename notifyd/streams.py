@@ -35,8 +35,9 @@ from typing import Any
 import pika
 from pika.exceptions import ChannelClosedByBroker
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from notifyd.logs import Logger
 
 MARKER_HEADER = "x-notifyd-marker"
 PROBE_TIMEOUT = 30.0

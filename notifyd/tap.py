@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import inlineCallbacks
-from twisted.logger import Logger
 from twisted.python import usage
 
 from notifyd import __version__, logs
@@ -31,8 +31,11 @@ from notifyd.authz import Authorizer, load_authz
 from notifyd.bindings import Bindings
 from notifyd.broker import Broker
 from notifyd.history import History, HistorySettings
+from notifyd.ingest import LogWriter
+from notifyd.logs import Logger
 from notifyd.metrics import make_registry
-from notifyd.router import Policy, Router
+from notifyd.revocation import KillOrder
+from notifyd.router import Policy, Router, Stats
 from notifyd.streams import StreamLog
 from notifyd.testee import make_testee_site
 from notifyd.topics import PatternSet
@@ -115,6 +118,8 @@ for _setting in configmod.SETTINGS:
 
 def make_policy(settings: configmod.Config) -> Policy:
     """The realm's authentication and authorization, from the settings."""
+    from notifyd.ratelimit import Limits
+
     roles = None
     users: dict = {}
     if settings.authz_file:
@@ -142,6 +147,9 @@ def make_policy(settings: configmod.Config) -> Policy:
             role_claim=settings.jwt_role_claim,
             default_role=settings.jwt_default_role,
             extra_claims=tuple(settings.jwt_extra_claims),
+            max_lifetime=settings.jwt_max_lifetime,
+            # JWT and WAMP-CRA identities never overlap (see notifyd.auth)
+            reserved_authids=tuple(users),
         )
     return Policy(
         realm=settings.realm,
@@ -153,11 +161,24 @@ def make_policy(settings: configmod.Config) -> Policy:
         ticket=ticket,
         cra=CraAuthenticator(users) if users else None,
         meta_roles=tuple(settings.meta_api_roles),
+        limits=Limits(
+            subscribe_rate=settings.subscribe_rate,
+            subscribe_burst=settings.subscribe_burst,
+            call_rate=settings.call_rate,
+            call_burst=settings.call_burst,
+            publish_rate=settings.publish_rate,
+            publish_burst=settings.publish_burst,
+            publish_log_rate=settings.publish_log_bytes_per_second,
+            publish_log_burst=settings.publish_log_bytes_burst,
+        ),
     )
 
 
-def make_history(settings: configmod.Config, reactor: Any) -> History:
-    """The event log and the retained store, from the settings."""
+def make_history(
+    settings: configmod.Config, reactor: Any, count: Callable[[str], Any] | None = None
+) -> History:
+    """The event log, the retained store and the ingest step feeding them,
+    from the settings (``count`` receives the names of counters to bump)."""
     arguments: dict[str, Any] = {
         "x-queue-type": "stream",
         "x-max-age": settings.history_max_age,
@@ -198,6 +219,16 @@ def make_history(settings: configmod.Config, reactor: Any) -> History:
             reactor=reactor,
         ),
         clock=reactor,
+        writer=LogWriter(
+            settings.history_stream + ".ingest",
+            PatternSet(settings.history),
+            settings.max_message_size,
+            queue_type=settings.history_ingest_queue_type,
+            dead_letter_exchange=settings.dead_letter_exchange,
+            prefetch=settings.prefetch,
+            count=count,
+            reactor=reactor,
+        ),
     )
     return history
 
@@ -214,9 +245,10 @@ class NotifydService(MultiService):
             from twisted.internet import reactor
         self._reactor = reactor
         self.bindings = Bindings()
-        self.history = make_history(settings, reactor) if settings.history else None
+        stats = Stats()
+        self.history = make_history(settings, reactor, stats.inc) if settings.history else None
         self.broker = Broker(self.bindings, history=self.history)
-        self.router = Router(self.broker, make_policy(settings), clock=reactor)
+        self.router = Router(self.broker, make_policy(settings), clock=reactor, stats=stats)
         if self.router.policy.ticket is not None and not settings.jwt_audience:
             self._log.warn(
                 "JWT tickets are accepted without an audience check: any token signed "
@@ -232,17 +264,24 @@ class NotifydService(MultiService):
             prefetch=settings.prefetch,
             dead_letter_exchange=settings.dead_letter_exchange,
             max_retry_delay=settings.amqp_max_retry_delay,
+            control=self._control,
             reactor=reactor,
         )
         self.router.publisher = self.amqp
+        self.router.broadcast_kill = self._broadcast_kill
         if self.history is not None:
             self.amqp.history = self.history
             self.router.use_history(self.history)
             self.history.log.on_entry = self._timed(self.router.on_log_entry)
+            if self.history.writer is not None:
+                self.history.log.on_entry = _also(
+                    self.history.writer.seen, self.history.log.on_entry
+                )
         self.amqp.setServiceParent(self)
         self.ws_factory = WampServerFactory(
             self.router,
             max_message_size=settings.max_message_size,
+            max_message_size_before_welcome=settings.max_message_size_before_welcome,
             allowed_origins=settings.allowed_origins,
             max_connections=settings.max_connections,
             max_connections_per_address=settings.max_connections_per_address,
@@ -260,7 +299,16 @@ class NotifydService(MultiService):
             self.registry,
             self.history.position if self.history is not None else None,
         )
-        public = {} if settings.admin_listen else admin
+        public = (
+            {}
+            if settings.admin_listen
+            else admin_resources(
+                self.status,
+                self.registry,
+                self.history.position if self.history is not None else None,
+                public=True,
+            )
+        )
         site = make_site(self.ws_factory, settings.web_root, public)
         self.listeners = []
         for description in settings.listen:
@@ -279,6 +327,24 @@ class NotifydService(MultiService):
             )
             listener.setServiceParent(self)
             self.listeners.append(listener)
+
+    def _control(self, body: bytes) -> None:
+        """A message of the control exchange: a kill order for this node's
+        sessions (ValueError for anything else)."""
+        order = KillOrder.from_body(body)
+        killed = self.router.kill(order, broadcast=False)
+        self._log.info(
+            "kill order {order}: ended {n} sessions on this node", order=order, n=len(killed)
+        )
+
+    def _broadcast_kill(self, order: KillOrder) -> None:
+        self.amqp.broadcast(order.to_body()).addErrback(
+            lambda f: self._log.warn(
+                "could not tell the other nodes about kill order {order}: {why}",
+                order=order,
+                why=f.getErrorMessage(),
+            )
+        )
 
     def _timed(self, handler: Any) -> Any:
         observe = self.router.stats.latency.observe
@@ -325,6 +391,14 @@ class NotifydService(MultiService):
         yield self.ws_factory.shutdown(self.settings.shutdown_timeout, self._reactor)
         yield MultiService.stopService(self)
         self._log.info("notifyd stopped: {n} deliveries acked in all", n=self.amqp.acked)
+
+
+def _also(first: Callable[[Any], Any], handler: Callable[[int, Any], Any]) -> Any:
+    def both(offset: int, msg: Any) -> None:
+        first(msg)
+        handler(offset, msg)
+
+    return both
 
 
 def makeService(options: Options, reactor: Any = None) -> NotifydService:

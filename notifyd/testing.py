@@ -107,7 +107,9 @@ class FakeLog:
         headers: dict[str, Any] | None = None,
         *,
         live: bool = True,
+        checked: bool = True,
     ) -> int:
+        """Add an entry (``checked``: as the ingest step writes them)."""
         import json
         from types import SimpleNamespace
 
@@ -117,7 +119,11 @@ class FakeLog:
             properties=SimpleNamespace(
                 content_type="application/json",
                 content_encoding=None,
-                headers=dict(headers or {}, **{"x-stream-offset": offset}),
+                headers=dict(
+                    headers or {},
+                    **{"x-stream-offset": offset},
+                    **({"x-notifyd-checked": 1} if checked else {}),
+                ),
                 message_id=None,
                 timestamp=None,
                 type=None,

@@ -5,7 +5,10 @@ A WAMP topic is an AMQP routing key on the events exchange.  The rules:
 
 * A topic is 1–255 bytes of UTF-8, made of non-empty components separated by
   ``.``; a component holds no whitespace and none of ``.``, ``#`` or ``*``
-  (``#`` and ``*`` are AMQP binding wildcards).
+  (``#`` and ``*`` are AMQP binding wildcards), no control or invisible
+  formatting character (C0/C1 controls, bidi controls, zero-width
+  characters) and no lone UTF-16 surrogate (a JSON ``"\ud800"``), so every
+  topic is valid UTF-8 that RabbitMQ, the logs and every client can carry.
 * ``exact`` subscription ``invoice.sent`` ⇒ binding key ``invoice.sent``.
 * ``wildcard`` subscription ``invoice..sent`` (empty components match any
   one component) ⇒ binding key ``invoice.*.sent``.
@@ -28,7 +31,14 @@ MATCH_POLICIES = (MATCH_EXACT, MATCH_PREFIX, MATCH_WILDCARD)
 
 MAX_TOPIC_BYTES = 255
 
-_COMPONENT = re.compile(r"[^\s.#*]+\Z")
+#: characters no topic component may hold: whitespace, the separator and the
+#: AMQP wildcards, controls, invisible formatting (bidi, zero-width, BOM) and
+#: surrogates (a lone one cannot be encoded as UTF-8)
+_FORBIDDEN = (
+    r"\s.#*\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e"
+    r"\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff"
+)
+_COMPONENT = re.compile(f"[^{_FORBIDDEN}]+\\Z")
 
 
 class InvalidTopic(ValueError):

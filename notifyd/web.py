@@ -8,10 +8,39 @@ The HTTP side: one resource tree per listening port.
 ``/healthz``   200 ``ok`` while the process runs
 ``/readyz``    200 when consuming from RabbitMQ, 503 otherwise (JSON body)
 ``/metrics``   Prometheus metrics (:mod:`notifyd.metrics`)
+``/position``  the event log's newest publication id (with history)
 =============  =================================================================
 
-With ``--admin-listen``, ``/healthz``, ``/readyz`` and ``/metrics`` move to
-that endpoint only.
+With ``--admin-listen``, ``/healthz``, ``/readyz``, ``/metrics`` and
+``/position`` move to that endpoint only.
+
+Wire behaviour:
+
+* Paths are exact: ``/metrics/``, ``/metrics/x``, ``/ws/`` and the like
+  answer 404.  On the public endpoints ``/readyz`` says only
+  ``{"ready": true|false}``; the admin endpoint's has the details (sessions,
+  subscriptions, queue, ...).
+* The web root serves page assets only: regular files inside the root whose
+  extension is in :data:`ASSET_TYPES` and no part of whose path starts with a
+  dot (no ``README.md``, no dotfiles, no symlinks out of the root, no
+  directory listings).  A path with control characters, a NUL byte or bytes
+  that are not UTF-8 answers 404.
+* At most one byte range per request: a ``Range`` header naming several
+  ranges is ignored and the whole file is served once (200).
+* Requests carry no body (413 and close otherwise).  ``GET /ws`` without a
+  WebSocket upgrade answers 426.  Responses name the server ``notifyd``, with
+  no versions of notifyd, Twisted or Autobahn.
+* **Connections.**  Every TCP connection of the public endpoints counts
+  toward ``max_connections`` and ``max_connections_per_address`` from accept
+  to close (:class:`notifyd.websocket.ConnectionGate`); over a limit it is
+  answered 503 and closed at once.  Until it is upgraded to a WebSocket a
+  connection runs against an absolute deadline of ``handshake_timeout``
+  seconds, from accept (or from the end of the previous response on a
+  keep-alive connection) until its request has been answered or upgraded.
+  Twisted's own idle timeout restarts on every byte, so a client trickling
+  header lines would never meet it; this deadline does not move.  A response
+  still being written when it passes is cut off, so raise
+  ``handshake_timeout`` for very slow links.
 """
 
 from __future__ import annotations
@@ -24,11 +53,33 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.internet.protocol import Protocol
+from twisted.web.http import HTTPChannel
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
+
+from notifyd.logs import Logger
+
+#: what the web root serves: page assets, by extension, and their content types
+ASSET_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".map": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".ico": "image/vnd.microsoft.icon",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".webmanifest": "application/manifest+json",
+}
 
 
 class StaticFiles(File):
@@ -40,19 +91,47 @@ class StaticFiles(File):
     come from :class:`twisted.web.static.File`.
     """
 
-    contentTypes = {
-        **File.contentTypes,
-        ".html": "text/html; charset=utf-8",
-        ".js": "text/javascript; charset=utf-8",
-        ".css": "text/css; charset=utf-8",
-        ".md": "text/markdown; charset=utf-8",
-        ".svg": "image/svg+xml",
-        ".json": "application/json",
-    }
+    contentTypes = {**File.contentTypes, **ASSET_TYPES}
+    #: the web root's real path, shared by every file under it
+    _top: str | None = None
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        try:
+            name = path.decode("utf-8")
+        except UnicodeDecodeError:
+            return notFound()
+        if name.startswith(".") or any(c < " " or c == "\x7f" or c == "\\" for c in name):
+            return notFound()
+        child = super().getChild(path, request)
+        if not isinstance(child, StaticFiles):
+            return child
+        top = self._top
+        if top is None:
+            top = self._top = os.path.realpath(self.path)
+        if not os.path.realpath(child.path).startswith(top + os.sep):
+            return notFound()  # a symlink out of the web root
+        if not child.isdir():
+            extension = os.path.splitext(child.basename())[1].lower()
+            if not child.isfile() or extension not in ASSET_TYPES:
+                return notFound()
+        child._top = top
+        return child
+
+    def makeProducer(self, request: Request, fileForReading: Any) -> Any:
+        ranges = request.getHeader(b"range")
+        if ranges is not None and b"," in ranges:
+            # several ranges (``bytes=0-,0-,...``) could make one request cost
+            # the file many times over: serve it once, whole (RFC 9110 lets a
+            # server ignore Range)
+            request.requestHeaders.removeHeader(b"range")
+        return super().makeProducer(request, fileForReading)
 
     def render(self, request: Request) -> bytes | int:
         path = self.path
-        if self.isdir() or path.endswith(".html"):
+        if self.isdir():
+            # "/vendor" and the like: no redirect to a listing that is not there
+            return notFound().render(request)
+        if path.endswith(".html"):
             cache = b"no-cache"
         elif f"{os.sep}vendor{os.sep}" in path:
             cache = b"public, max-age=86400"
@@ -68,7 +147,8 @@ class StaticFiles(File):
 
 
 class _Health(Resource):
-    isLeaf = True
+    # not a leaf: "/healthz/..." is looked up as a child, and there are none
+    isLeaf = False
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -77,14 +157,20 @@ class _Health(Resource):
 
 
 class _Ready(Resource):
-    isLeaf = True
+    """``GET /readyz``; ``detail=False`` (the public endpoints) says only
+    whether the node is ready."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    isLeaf = False
+
+    def __init__(self, status: Callable[[], dict[str, Any]], detail: bool = True) -> None:
         super().__init__()
         self._status = status
+        self._detail = detail
 
     def render_GET(self, request: Request) -> bytes:
         status = self._status()
+        if not self._detail:
+            status = {"ready": bool(status.get("ready"))}
         request.setResponseCode(200 if status.get("ready") else 503)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
@@ -95,7 +181,7 @@ class _Position(Resource):
     """``GET /position``: the event log's newest publication id, for the
     page-render handshake (see docs/history.md)."""
 
-    isLeaf = True
+    isLeaf = False
 
     def __init__(self, position: Callable[[], Any]) -> None:
         super().__init__()
@@ -135,34 +221,185 @@ class _NoPage(Resource):
 
 
 class _WebSocketResource(WebSocketResource):
-    """autobahn's WebSocketResource, minus a leak: after the upgrade the HTTP
-    channel would keep its idle timer (12 hours by default), and with it the
-    channel and the upgrade request, alive for every WebSocket."""
+    """autobahn's WebSocketResource at exactly ``/ws``, minus a leak (after
+    the upgrade the HTTP channel would keep its idle timer, 12 hours by
+    default, and with it the channel and the upgrade request, alive for every
+    WebSocket) and minus autobahn's status page, which shows its version."""
+
+    isLeaf = False
 
     def render(self, request: Request) -> Any:
         channel = request.channel
+        upgrade = request.getHeader(b"upgrade") or b""
+        if (
+            b"websocket" not in [t.strip().lower() for t in upgrade.split(b",")]
+            or channel is None
+            or channel.transport is None
+        ):
+            request.setResponseCode(426, b"Upgrade Required")
+            request.setHeader(b"upgrade", b"websocket")
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"notifyd: the WAMP v2 WebSocket endpoint; connect with a WebSocket client\n"
         result = super().render(request)
-        if channel is not None and getattr(channel, "transport", None) is None:
+        if getattr(channel, "transport", None) is None:
             channel.setTimeout(None)
+            if isinstance(channel, _Channel):
+                channel.upgraded()
         return result
+
+
+class _Exact(Resource):
+    """A resource at exactly its path: ``/name/`` and ``/name/x`` are 404."""
+
+    isLeaf = False
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__()
+        self._resource = resource
+
+    def render(self, request: Request) -> Any:
+        return self._resource.render(request)
 
 
 def admin_resources(
     status: Callable[[], dict[str, Any]],
     registry: Any,
     position: Callable[[], Any] | None = None,
+    public: bool = False,
 ) -> dict[bytes, Resource]:
-    """``/healthz``, ``/readyz``, ``/metrics`` and, with history, ``/position``."""
+    """``/healthz``, ``/readyz``, ``/metrics`` and, with history, ``/position``;
+    ``public``: for the public endpoints (``/readyz`` without details)."""
     from prometheus_client.twisted import MetricsResource
 
     out: dict[bytes, Resource] = {
         b"healthz": _Health(),
-        b"readyz": _Ready(status),
-        b"metrics": MetricsResource(registry),
+        b"readyz": _Ready(status, detail=not public),
+        b"metrics": _Exact(MetricsResource(registry)),
     }
     if position is not None:
         out[b"position"] = _Position(position)
     return out
+
+
+class _Request(Request):
+    """A request whose response names the server without versions."""
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if name in (b"Server", b"server", "Server", "server"):
+            value = b"notifyd"
+        super().setHeader(name, value)
+
+
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nServer: notifyd\r\nConnection: close\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
+)
+
+
+class _Refused(Protocol):
+    """An accepted connection over a limit: answered 503 and closed."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(_REFUSED)
+        self.transport.loseConnection()
+
+
+class _Channel(HTTPChannel):
+    """An HTTP connection of the public endpoints: counted by the gate from
+    accept to close, and run against an absolute deadline until it is a
+    WebSocket (see the module docstring)."""
+
+    _nlog = Logger()
+    gate: Any = None
+    deadline: float = 10.0
+    count: Callable[[str], Any] = staticmethod(lambda name: None)
+    _timer: Any = None
+    _refused = False
+    _gone = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.gate.opened(self.transport, getattr(self.transport.getPeer(), "host", None))
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if not self._gone:
+            self._timer = self.callLater(self.deadline, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        transport = self.transport
+        if transport is None:
+            return
+        self.count("connections_refused_http_timeout")
+        self._nlog.debug(
+            "closing {peer}: HTTP request not done in {n} s",
+            peer=str(transport.getPeer()),
+            n=self.deadline,
+        )
+        transport.abortConnection()
+
+    def upgraded(self) -> None:
+        """The WebSocket took the transport: no HTTP deadline any more (the
+        WebSocket has its own), and the gate slot goes with the transport."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        if self.length != 0:  # a request body (chunked: None): nothing here takes one
+            self._refused = True
+            self.transport.write(
+                b"HTTP/1.1 413 Content Too Large\r\nServer: notifyd\r\n"
+                b"Connection: close\r\nContent-Length: 0\r\n\r\n"
+            )
+            self.transport.loseConnection()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+    def requestDone(self, request: Any) -> None:
+        if self.persistent:
+            self._arm()  # a fresh deadline for the next request
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._gone = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.transport is not None:
+            self.gate.closed(self.transport)
+        super().connectionLost(reason)
+
+
+class _PublicSite(Site):
+    """The public endpoints' site: connections admitted by the gate."""
+
+    _nlog = Logger()
+
+    def __init__(self, root: Resource, ws_factory: Any, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.gate = ws_factory.gate
+        self.deadline = ws_factory.handshake_timeout
+        self.count = ws_factory.router.stats.inc
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = getattr(addr, "host", None)
+        refusal = self.gate.refusal(host)
+        if refusal is not None:
+            self.count(f"connections_refused_{refusal}")
+            self._nlog.warn("refused connection from {peer}: {why}", peer=host, why=refusal)
+            return _Refused()
+        channel = super().buildProtocol(addr)
+        channel.gate, channel.deadline, channel.count = self.gate, self.deadline, self.count
+        return channel
+
+    protocol = _Channel  # type: ignore[assignment]
 
 
 def make_site(ws_factory: Any, web_root: str | None, extra: dict[bytes, Resource]) -> Site:
@@ -170,13 +407,14 @@ def make_site(ws_factory: Any, web_root: str | None, extra: dict[bytes, Resource
     is configured) the admin resources."""
     root: Resource = StaticFiles(web_root) if web_root else _NoPage()
     root.putChild(b"ws", _WebSocketResource(ws_factory))
-    return _site(root, extra)
+    return _site(root, extra, _PublicSite(root, ws_factory, requestFactory=_Request))
 
 
-def _site(root: Resource, children: dict[bytes, Resource]) -> Site:
+def _site(root: Resource, children: dict[bytes, Resource], site: Site | None = None) -> Site:
     for name, resource in children.items():
         root.putChild(name, resource)
-    site = Site(root)
+    if site is None:
+        site = Site(root, requestFactory=_Request)
     site.displayTracebacks = False
     return site
 

@@ -13,15 +13,37 @@ Wire behaviour:
   URI autobahn refuses to parse gets ERROR ``wamp.error.invalid_uri``.
 * Messages larger than ``max_message_size`` are refused by the WebSocket
   layer (close code 1009); invalid UTF-8 in a text frame closes with 1007.
+  Until the session is WELCOMEd the limit is ``max_message_size_before_welcome``
+  (64 KiB by default): an unauthenticated peer cannot make the node buffer
+  large frames.  A closed connection's receive buffers are dropped at once.
 * An EVENT is encoded once per serializer and framed once per serializer,
   however many sessions receive it.
 
+Origins (checked at the opening handshake, refusal: HTTP 403):
+
+* A handshake without ``Origin`` (not from a browser) passes.  ``Origin:
+  null`` (sandboxed frames, ``file:``) and anything that is not
+  ``http(s)://host[:port]`` are refused.
+* With ``allowed_origins`` set, scheme, host and port of the Origin must
+  match one entry (``https://app.example.com``, ``https://*.example.com``,
+  ``http://host:*``; a missing port means the scheme's default; ``*`` allows
+  every http(s) origin).
+* With ``allowed_origins`` empty (the default), the Origin must be exactly the
+  address the connection was made on -- ``http`` or ``https`` as the
+  connection is plain or TLS, the local IP address (or ``localhost`` on a
+  loopback address) and the local port.  ``Host`` is never consulted, and a
+  DNS name never matches (it could be rebound to this address): a deployment
+  reached by a name must list its public origins in ``allowed_origins``.
+
 Limits and liveness:
 
-* Over ``max_connections`` (or ``max_connections_per_address``) the opening
-  handshake is refused with HTTP 503.
-* The opening handshake must complete within ``handshake_timeout``; HELLO
-  (and authentication) must follow within ``hello_timeout``, else ABORT
+* Every TCP connection of the public endpoints counts toward
+  ``max_connections`` and ``max_connections_per_address`` from accept to
+  close, in its HTTP phase as well as once it is a WebSocket (see
+  :class:`ConnectionGate`); over a limit it is answered HTTP 503 and closed.
+* The HTTP phase has an absolute deadline (see :mod:`notifyd.web`); the
+  opening handshake must complete within ``handshake_timeout``; HELLO (and
+  authentication) must follow within ``hello_timeout``, else ABORT
   ``notifyd.error.hello_timeout``.
 * Every ``auto_ping_interval`` seconds the server pings; a peer that sends
   nothing (no pong, no data) for ``auto_ping_timeout`` more is dropped.
@@ -36,21 +58,23 @@ Limits and liveness:
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from fnmatch import fnmatchcase
 from typing import Any
-from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.wamp.exception import InvalidUriError, ProtocolError
-from autobahn.wamp.message import Message
+from autobahn.wamp.message import Message, Welcome
 from autobahn.wamp.serializer import CBORSerializer, JsonSerializer, MsgPackSerializer
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.tcp import Server as _TCPServer
-from twisted.logger import Logger
 
+from notifyd.logs import Logger
 from notifyd.router import Router
 from notifyd.session import WampSession
 from notifyd.wamp import NotifydEvent
@@ -139,12 +163,13 @@ class WampServerProtocol(WebSocketServerProtocol):
     _slow = False
 
     def onConnect(self, request: ConnectionRequest) -> tuple[str, dict[str, str]]:
-        refusal = self.factory.over_limit(self)
-        if refusal is not None:
-            self.factory.router.stats.inc(f"connections_refused_{refusal}")
-            self._nlog.warn("refused WebSocket from {peer}: {why}", peer=self.peer, why=refusal)
-            raise ConnectionDeny(503, "too many connections")
-        if not self.factory.origin_allowed(request.origin, request.headers.get("host")):
+        transport = self.transport
+        local = transport.getHost() if transport is not None else None
+        if not self.factory.origin_allowed(
+            request.origin,
+            (getattr(local, "host", None), getattr(local, "port", None)),
+            ISSLTransport.providedBy(transport),
+        ):
             self.factory.router.stats.inc("connections_refused_origin")
             self._nlog.info(
                 "refused WebSocket from {peer}: origin {origin} not allowed",
@@ -167,6 +192,10 @@ class WampServerProtocol(WebSocketServerProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.connections.add(self)
+        small = self.factory.max_message_size_before_welcome
+        if small and small < self.maxMessagePayloadSize:
+            # until WELCOME (see send); afterwards the class's limits apply
+            self.maxMessagePayloadSize = self.maxFramePayloadSize = small
         # Behind WebSocketResource the HTTP channel that accepted the upgrade
         # is still the transport's producer; this connection takes over.
         if getattr(self.transport, "producer", None) is not None:
@@ -176,9 +205,14 @@ class WampServerProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason: Any) -> None:
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
+        self.factory.gate.closed(self.transport)
         super().connectionLost(reason)
         self.factory.connection_gone(self)
         self.drained()
+        # a peer that was half-way through a large frame leaves it here;
+        # drop it now rather than when the protocol object is collected
+        self.data = b""
+        self.frame_data = self.message_data = None
 
     def writable(self) -> Deferred[None] | None:
         """None if the socket takes more now; else a Deferred that fires once
@@ -274,6 +308,10 @@ class WampServerProtocol(WebSocketServerProtocol):
         if self.paused and self._over_budget(len(payload)):
             return
         self.sendMessage(payload, is_binary)
+        if type(msg) is Welcome:
+            # authenticated: the full max_message_size applies from now on
+            self.__dict__.pop("maxMessagePayloadSize", None)
+            self.__dict__.pop("maxFramePayloadSize", None)
 
     def _over_budget(self, size: int) -> bool:
         self.backlog += size
@@ -475,6 +513,115 @@ def _accept_deflate(offers: list[Any]) -> Any:
     return None
 
 
+class ConnectionGate:
+    """The public endpoints' TCP connections, counted from accept to close.
+
+    :mod:`notifyd.web` asks :meth:`refusal` before it builds a protocol for
+    an accepted connection and calls :meth:`opened` when the HTTP channel
+    starts; whichever protocol holds the transport when it closes (the HTTP
+    channel, or the WebSocket that took it over) calls :meth:`closed`.  So a
+    connection counts the same in its HTTP phase and as a WebSocket, and its
+    slot is released exactly once.
+    """
+
+    def __init__(self, max_connections: int = 0, max_per_address: int = 0) -> None:
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self._open: dict[Any, str | None] = {}  # transport -> peer address
+        self._per_address: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def count(self, host: str) -> int:
+        return self._per_address.get(host, 0)
+
+    def refusal(self, host: str | None) -> str | None:
+        """Why one more connection from ``host`` (None: not an IP peer, e.g.
+        a UNIX socket, which has no per-address limit) may not be accepted,
+        or None."""
+        if self.max_connections and len(self._open) >= self.max_connections:
+            return "limit"
+        if (
+            self.max_per_address
+            and host is not None
+            and self._per_address.get(host, 0) >= self.max_per_address
+        ):
+            return "limit_per_address"
+        return None
+
+    def opened(self, transport: Any, host: str | None) -> None:
+        if transport in self._open:
+            return
+        self._open[transport] = host
+        if host is not None:
+            self._per_address[host] = self._per_address.get(host, 0) + 1
+
+    def closed(self, transport: Any) -> None:
+        if transport not in self._open:
+            return
+        host = self._open.pop(transport)
+        if host is None:
+            return
+        left = self._per_address[host] - 1
+        if left:
+            self._per_address[host] = left
+        else:
+            del self._per_address[host]
+
+
+_ORIGIN = re.compile(r"(https?)://(\[[0-9a-f:.]+\]|[a-z0-9.\-]+)(?::(\d{1,5}))?")
+_ORIGIN_PATTERN = re.compile(r"(https?)://([a-z0-9*.\-]+)(?::(\d{1,5}|\*))?")
+_DEFAULT_PORT = {"http": 80, "https": 443}
+
+
+def _parse_origin(origin: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of a browser's Origin, or None for ``null``
+    and anything that is not ``http(s)://host[:port]``."""
+    m = _ORIGIN.fullmatch(origin.strip().lower())
+    if m is None:
+        return None
+    scheme, host, port = m.groups()
+    return scheme, host.strip("[]"), int(port) if port else _DEFAULT_PORT[scheme]
+
+
+def _origin_pattern(entry: str) -> tuple[str, str, int | None] | None:
+    """An ``allowed_origins`` entry as ``(scheme, host pattern, port or None
+    for any)``; None stands for ``*`` (every http(s) origin)."""
+    entry = entry.strip().lower()
+    if entry == "*":
+        return None
+    m = _ORIGIN_PATTERN.fullmatch(entry)
+    if m is None:
+        raise ValueError(f"{entry!r} is not an origin")
+    scheme, host, port = m.groups()
+    if port == "*":
+        return scheme, host, None
+    return scheme, host, int(port) if port else _DEFAULT_PORT[scheme]
+
+
+def _origin_matches(
+    pattern: tuple[str, str, int | None] | None, origin: tuple[str, str, int]
+) -> bool:
+    if pattern is None:
+        return True
+    scheme, host, port = pattern
+    return (
+        origin[0] == scheme and (port is None or origin[2] == port) and fnmatchcase(origin[1], host)
+    )
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address literal, IPv4-mapped IPv6 as IPv4; None for a name."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 class WampServerFactory(WebSocketServerFactory):
     """Builds :class:`WampServerProtocol`s bound to one :class:`Router`."""
 
@@ -486,6 +633,7 @@ class WampServerFactory(WebSocketServerFactory):
         *,
         url: str | None = None,
         max_message_size: int = 1024 * 1024,
+        max_message_size_before_welcome: int = 64 * 1024,
         allowed_origins: list[str] | None = None,
         max_connections: int = 0,
         max_connections_per_address: int = 0,
@@ -504,10 +652,12 @@ class WampServerFactory(WebSocketServerFactory):
         self.clock = clock
         self.flusher = _Flusher(clock)
         self.router = router
-        self.allowed_origins = [o.lower() for o in allowed_origins or []]
-        self.max_connections = max_connections
-        self.max_connections_per_address = max_connections_per_address
+        self.allowed_origins = [_origin_pattern(o) for o in allowed_origins or []]
+        self.max_message_size_before_welcome = max_message_size_before_welcome
+        #: counts the public endpoints' TCP connections (see notifyd.web)
+        self.gate = ConnectionGate(max_connections, max_connections_per_address)
         self.max_outbound_buffer = max_outbound_buffer
+        self.handshake_timeout = handshake_timeout
         self.hello_timeout = hello_timeout
         self.connections: set[WampServerProtocol] = set()
         self._drained: list[Deferred[None]] = []
@@ -518,6 +668,11 @@ class WampServerFactory(WebSocketServerFactory):
             # tell the peer why (e.g. 1009 message too big) instead of just
             # dropping the TCP connection
             failByDrop=False,
+            # no version banner for a GET without Upgrade (notifyd.web answers
+            # it first anyway); the Origin rule is notifyd's own (onConnect),
+            # so autobahn lets even "null" through to it
+            webStatus=False,
+            allowNullOrigin=True,
             openHandshakeTimeout=handshake_timeout,
             closeHandshakeTimeout=5,
             autoPingInterval=auto_ping_interval,
@@ -535,39 +690,29 @@ class WampServerFactory(WebSocketServerFactory):
             {name: _as_class_attr(getattr(self, name)) for name in WampServerProtocol.CONFIG_ATTRS},
         )
 
-    def over_limit(self, proto: WampServerProtocol) -> str | None:
-        """Why ``proto`` may not open a WebSocket now, or None."""
-        if self.max_connections and len(self.connections) > self.max_connections:
-            return "limit"
-        if self.max_connections_per_address:
-            host = getattr(proto.transport.getPeer(), "host", None)
-            same = sum(
-                1 for p in self.connections if getattr(p.transport.getPeer(), "host", None) == host
-            )
-            if same > self.max_connections_per_address:
-                return "limit_per_address"
-        return None
-
-    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
-        """The Origin rule: requests without Origin (not from a browser) pass;
-        a browser's Origin must match ``allowed_origins``, or, when that is
-        empty, be the page's own origin (same host and port)."""
+    def origin_allowed(
+        self, origin: str | None, local: tuple[str | None, int | None], secure: bool
+    ) -> bool:
+        """The Origin rule (see the module docstring).  ``local`` is the
+        (IP address, port) the connection was accepted on, ``secure`` whether
+        it is TLS."""
         if not origin:
-            return True
-        origin = origin.lower()
+            return True  # not a browser
+        parsed = _parse_origin(origin)
+        if parsed is None:
+            return False
         if self.allowed_origins:
-            return any(o == "*" or fnmatchcase(origin, o) for o in self.allowed_origins)
-        if origin == "null" or host is None:
+            return any(_origin_matches(p, parsed) for p in self.allowed_origins)
+        scheme, host, port = parsed
+        local_host, local_port = local
+        if scheme != ("https" if secure else "http") or port != local_port or not local_host:
             return False
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        here = _ip(local_host)
+        if here is None:
             return False
-        default = {"http": 80, "https": 443}[parts.scheme]
-        want = host.lower()
-        if ":" not in want.rsplit("]", 1)[-1]:
-            want = f"{want}:{default}"
-        got = parts.netloc if parts.port else f"{parts.netloc}:{default}"
-        return got == want
+        if host == "localhost":
+            return here.is_loopback
+        return _ip(host) == here
 
     def connection_gone(self, proto: WampServerProtocol) -> None:
         self.connections.discard(proto)

@@ -93,6 +93,12 @@ def oracle_may_subscribe(user: tuple[str, str, str], pattern: str, match: str) -
     return False
 
 
+#: how a backend may send a targeting header's value (AMQP field types)
+VALUE_TYPES = ["str", "array", "table", "bytes", "int", "bool"]
+#: types whose meaning is the text's, if notifyd takes them at all
+SAME_MEANING = {"str", "bytes", "int"}
+
+
 @dataclass
 class Event:
     seq: int
@@ -101,6 +107,10 @@ class Event:
     # the same targeting, for the oracle (session indexes, not ids)
     eligible: list[int] | None = None
     exclude: list[int] | None = None
+    #: header name -> the AMQP value type it is sent as (absent: "str")
+    types: dict[str, str] = field(default_factory=dict)
+    #: sent with ``wamp-retain: true``
+    retain: bool = False
 
 
 @dataclass
@@ -109,7 +119,12 @@ class Scenario:
     events: list[Event]
 
 
-def make_scenario(rnd: random.Random, n_events: int = 12) -> Scenario:
+def make_scenario(
+    rnd: random.Random, n_events: int = 12, typed: bool = False, retain: bool = False
+) -> Scenario:
+    """A random scenario; ``typed``: targeting headers are also sent as
+    arrays, tables, bytes, ints and bools; ``retain``: some events are sent
+    with ``wamp-retain: true``."""
     sessions = []
     for _ in range(rnd.randint(2, 7)):
         user = rnd.choice(USERS)
@@ -147,8 +162,64 @@ def make_scenario(rnd: random.Random, n_events: int = 12) -> Scenario:
                 e.headers[f"wamp-{kind}"] = ",".join(
                     rnd.sample(["1", "2", "12"], rnd.randint(1, 2))
                 )
+        if typed:
+            names = [*e.headers, *(["wamp-eligible"] if e.eligible is not None else [])]
+            names += ["wamp-exclude"] if e.exclude is not None else []
+            for name in names:
+                e.types[name] = rnd.choice(["str", "array", "table", *VALUE_TYPES])
+        e.retain = retain and rnd.random() < 0.4
         events.append(e)
     return Scenario(sessions, events)
+
+
+def typed_value(value: str, kind: str) -> object:
+    """``value`` (a comma-separated list) as a backend might send it."""
+    items = value.split(",") if value else []
+    if kind == "array":
+        return items
+    if kind == "table":
+        return {str(i): v for i, v in enumerate(items)}
+    if kind == "bytes":
+        return value.encode()
+    if kind == "int":
+        # one number; the text form of anything else (an int cannot say it)
+        return int(value) if value.isdigit() else value
+    if kind == "bool":
+        return bool(items)
+    return value
+
+
+def typed_headers(event: Event, headers: dict) -> dict:
+    """``headers`` (the text form) with each value in its event's type."""
+    out = {k: typed_value(v, event.types.get(k, "str")) for k, v in headers.items()}
+    if event.retain:
+        out["wamp-retain"] = True
+    return out
+
+
+def _kinds(event: Event) -> set[str]:
+    return {event.types.get(name, "str") for name in event.headers} | {
+        event.types.get(name, "str")
+        for name, v in (("wamp-eligible", event.eligible), ("wamp-exclude", event.exclude))
+        if v is not None
+    }
+
+
+def oracle_may_receive(scenario: Scenario, i: int, event: Event) -> bool:
+    """May session ``i`` see ``event`` at all?  A targeting header sent as an
+    array, a table or a bool must make notifyd refuse the event: nobody may
+    see it (a RabbitMQ stream drops arrays and tables, so honouring them on
+    one path and not on another would widen the audience).  Bytes and ints
+    mean what their text means, if notifyd takes them."""
+    if not _kinds(event) <= SAME_MEANING:
+        return False
+    return oracle_entitled(scenario, i, event)
+
+
+def oracle_must_receive(scenario: Scenario, i: int, event: Event) -> bool:
+    """Must session ``i`` see ``event``?  Only if every header was a string
+    (anything else may be refused as a whole)."""
+    return _kinds(event) <= {"str"} and oracle_entitled(scenario, i, event)
 
 
 def _listed(value, item) -> bool:

@@ -259,20 +259,63 @@ def test_wampcra(salted):
     )
 
 
-def test_wampcra_unknown_user_and_wrong_secret():
+def _cra_attempt(cra, authid, secret):
+    """HELLO as ``authid`` and answer the CHALLENGE with ``secret``: what the
+    client sees (the CHALLENGE and the final message)."""
+    s, t, _ = make_session(cra=cra)
+    hello(s, ["wampcra"], authid=authid)
+    ch = t.sent[0]
+    assert isinstance(ch, message.Challenge) and ch.method == "wampcra"
+    key = secret.encode()
+    if "salt" in ch.extra:
+        key = ab_auth.derive_key(secret, ch.extra["salt"], ch.extra["iterations"], 32)
+    s.on_message(message.Authenticate(ab_auth.compute_wcs(key, ch.extra["challenge"]).decode()))
+    return ch, t.sent[-1], t
+
+
+@pytest.mark.parametrize("salted", [False, True])
+def test_wampcra_unknown_user_is_answered_like_a_wrong_secret(salted):
+    salt = {"salt": "pepper", "iterations": 100} if salted else {}
+    cra = CraAuthenticator({"billing": CraUser(secret="svc-secret", role="backend", **salt)})
+    ch_known, end_known, t1 = _cra_attempt(cra, "billing", "wrong")
+    ch_unknown, end_unknown, t2 = _cra_attempt(cra, "nobody", "wrong")
+    # the same CHALLENGE shape, the same ABORT
+    assert set(ch_known.extra) == set(ch_unknown.extra)
+    assert ("salt" in ch_unknown.extra) is salted
+    if salted:
+        assert ch_unknown.extra["iterations"] == ch_known.extra["iterations"]
+        assert len(ch_unknown.extra["salt"]) > 0
+    known, unknown = (
+        json.loads(ch_known.extra["challenge"]),
+        json.loads(ch_unknown.extra["challenge"]),
+    )
+    assert set(known) == set(unknown) and unknown["authrole"] == "backend"
+    for end, t in ((end_known, t1), (end_unknown, t2)):
+        assert isinstance(end, message.Abort) and t.closed
+        assert end.reason == "wamp.error.authentication_failed"
+    assert end_known.message == end_unknown.message
+    # an unknown user's salt is stable (a real user's is too)
+    if salted:
+        again, _, _ = _cra_attempt(cra, "nobody", "x")
+        other, _, _ = _cra_attempt(cra, "nobody2", "x")
+        assert again.extra["salt"] == ch_unknown.extra["salt"] != other.extra["salt"]
+
+
+def test_wampcra_wrong_and_malformed_signatures():
     cra = CraAuthenticator({"billing": CraUser(secret="svc-secret", role="backend")})
-    s, t, _ = make_session(cra=cra)
-    hello(s, ["wampcra"], authid="nobody")
-    assert t.sent[0].reason == "wamp.error.no_such_principal" and t.closed
-    s, t, _ = make_session(cra=cra)
-    hello(s, ["wampcra"], authid="billing")
-    wrong = ab_auth.compute_wcs(b"wrong", t.sent[0].extra["challenge"]).decode()
-    s.on_message(message.Authenticate(wrong))
-    assert t.sent[-1].reason == "wamp.error.authentication_failed"
-    s, t, _ = make_session(cra=cra)
-    hello(s, ["wampcra"], authid="billing")
-    s.on_message(message.Authenticate("not base64 !!"))
-    assert t.sent[-1].reason == "wamp.error.authentication_failed"
+    _, end, _ = _cra_attempt(cra, "billing", "wrong")
+    assert end.reason == "wamp.error.authentication_failed"
+    for authid in ("billing", "nobody"):
+        s, t, _ = make_session(cra=cra)
+        hello(s, ["wampcra"], authid=authid)
+        s.on_message(message.Authenticate("not base64 !!"))
+        assert t.sent[-1].reason == "wamp.error.authentication_failed"
+        assert t.sent[-1].message == "malformed signature"
+    # an authid no user can have is refused at once (there is nothing to hide)
+    for authid in (None, "a,b", " a", "a\u202e"):
+        s, t, _ = make_session(cra=cra)
+        hello(s, ["wampcra"], authid=authid)
+        assert t.sent[0].reason == "wamp.error.authentication_failed" and t.closed
 
 
 def test_authenticate_in_an_open_session_is_a_violation():
@@ -308,3 +351,73 @@ def test_unanswered_subscribes_are_capped():
     errors = [m for m in t.sent if isinstance(m, message.Error)]
     assert len(errors) == 15 and errors[0].error == "notifyd.error.too_many_subscriptions"
     assert len(s._pending) == 5
+
+
+# -- identities the targeting syntax can name ---------------------------------------------
+@pytest.mark.parametrize(
+    "value",
+    [
+        "x,y",
+        "bob2 ",
+        " bob",
+        "a\tb",
+        "a\nb",
+        "a\x00",
+        "a\u202eb",
+        "a\u2028",
+        "\ud800",
+        "",
+        "x" * 256,
+    ],
+)
+@pytest.mark.parametrize("claim", ["sub", "role", "account"])
+def test_identities_the_list_syntax_cannot_name_are_refused(claim, value):
+    with pytest.raises(AuthFailed) as e:
+        hs().verify(token(**{claim: value}))
+    assert e.value.uri == "wamp.error.authentication_failed"
+    assert f"claim {claim}" in e.value.reason
+
+
+def test_ordinary_identities_pass():
+    p = hs().verify(token(sub="bob.smith@example.com", role="user-2", account="ÄÖ 42"))
+    assert (p.authid, p.authrole, p.authextra) == (
+        "bob.smith@example.com",
+        "user-2",
+        {"account": "ÄÖ 42"},
+    )
+
+
+def test_extra_claims_match_case_insensitively_and_collisions_are_refused():
+    auth = hs(extra_claims=("tenantId",))
+    assert auth.verify(token(tenantid="7")).authextra == {"tenantId": "7"}
+    assert auth.verify(token(tenantId=7)).authextra == {"tenantId": "7"}
+    with pytest.raises(AuthFailed, match="several claims named"):
+        auth.verify(token(tenantId="7", TENANTID="8"))
+    with pytest.raises(AuthConfigError, match="differ only in case"):
+        hs(extra_claims=("tenantId", "tenantid"))
+
+
+def test_jwt_sub_may_not_name_a_wampcra_user():
+    auth = hs(reserved_authids=("billing",))
+    for sub in ("billing", "Billing"):
+        with pytest.raises(AuthFailed, match="WAMP-CRA user"):
+            auth.verify(token(sub=sub))
+    assert auth.verify(token(sub="alice")).authid == "alice"
+
+
+def test_max_token_lifetime():
+    auth = hs(max_lifetime=3600, leeway=30)
+    assert auth.verify(token(ttl=3600)).authid == "alice"
+    with pytest.raises(AuthFailed, match="jwt_max_lifetime"):
+        auth.verify(token(ttl=3601))  # exp - iat too long
+    now = time.time()
+    with pytest.raises(AuthFailed, match="jwt_max_lifetime"):  # no iat: exp too far ahead
+        auth.verify(token(ttl=7200, iat=None))
+    with pytest.raises(AuthFailed, match="jwt_max_lifetime"):  # an iat in the past does not help
+        auth.verify(jwt.encode({"sub": "a", "iat": int(now), "exp": int(now + 10**6)}, SECRET))
+    # the default: one day
+    with pytest.raises(AuthFailed, match="jwt_max_lifetime"):
+        hs().verify(token(ttl=86400 * 30))
+    assert hs().verify(token(ttl=86400)).authid == "alice"
+    with pytest.raises(AuthConfigError):
+        hs(max_lifetime=0)

@@ -154,6 +154,19 @@ extra = { account = 42 }
         ("[users]\n", "unknown section 'users'"),
         ("[wampcra.users.x]\nrole = 'r'\n", "needs a secret"),
         ("[roles.user\n", "not valid TOML"),
+        # WAMP-CRA identities the targeting syntax could not name
+        ("[wampcra.users.'a,b']\nsecret = 's'\nrole = 'r'\n", "the authid contains ','"),
+        ("[wampcra.users.' a']\nsecret = 's'\nrole = 'r'\n", "leading or trailing whitespace"),
+        ('[wampcra.users."a\\u0007"]\nsecret = "s"\nrole = "r"\n', "the authid contains the"),
+        ("[wampcra.users.x]\nsecret = 's'\nrole = 'r,s'\n", "role contains ','"),
+        ("[wampcra.users.x]\nsecret = 's'\nrole = 'r'\nextra = { a = 'x,y' }\n", "extra.a"),
+        (
+            "[wampcra.users.x]\nsecret = 's'\nrole = 'r'\nextra = { tenantId = '1', tenantid = '2' }\n",
+            "differ only in case",
+        ),
+        ("[wampcra.users.x]\nsecret = 's'\nrole = 'r'\nextra = { a = [1] }\n", "string or an"),
+        ("[wampcra.users.x]\nsecret = 's'\nrole = 'r'\niterations = 'many'\n", "iterations"),
+        ("[wampcra.users.x]\nsecret = 's'\nrole = 'r'\nsalt = 5\n", "salt"),
     ],
 )
 def test_bad_authz_files(tmp_path, text, message):
@@ -170,3 +183,32 @@ def test_example_authz_file_loads():
         str(Path(__file__).resolve().parent.parent / "docs/examples/authz.toml")
     )
     assert set(roles) == {"user", "admin", "backend"} and set(users) == {"dashboard"}
+
+
+def test_authextra_placeholders_match_names_case_insensitively():
+    ident = Identity("alice", "user", {"tenantId": "7"})
+    assert fill("t.{authextra.tenantid}.", ident) == "t.7."
+    assert fill("t.{authextra.TENANTID}.", ident) == "t.7."
+
+
+def test_subscribe_checker_agrees_with_may_subscribe():
+    authz = Authorizer(
+        {
+            "user": RolePolicy(
+                subscribe=[Rule("acct.{authextra.account}.", "prefix"), Rule("news", "exact")]
+            )
+        }
+    )
+    ident = Identity("alice", "user", {"account": "42"})
+    check = authz.subscribe_checker(ident)
+    for uri, match in [
+        ("acct.42.x", "exact"),
+        ("acct.42.", "prefix"),
+        ("acct.43.", "prefix"),
+        ("news", "exact"),
+        ("news", "prefix"),
+        ("acct..x", "wildcard"),
+    ]:
+        assert check(uri, match) == authz.may_subscribe(ident, uri, match)
+    assert not authz.subscribe_checker(Identity("x", "nobody", {}))("news", "exact")
+    assert Authorizer(None).subscribe_checker(ident)("anything", "prefix")

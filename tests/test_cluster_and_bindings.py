@@ -5,6 +5,7 @@ deliver each event exactly once to each entitled client."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 
 import pytest_twisted
@@ -24,19 +25,32 @@ def bindings_of(rabbit, queue: str) -> set[str]:
     return {
         b["routing_key"]
         for b in json.loads(out)
-        if b["destination_name"] == queue and b["source_name"]
+        # the default exchange's and the control exchange's bindings are not
+        # subscriptions
+        if b["destination_name"] == queue
+        and b["source_name"]
+        and not b["source_name"].endswith(".control")
     }
 
 
+ADMIN = ("--admin-listen", "tcp:0:interface=127.0.0.1")
+
+
 def status(node) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/readyz", timeout=5) as r:
+    """The admin endpoint's /readyz (the public one says only ready or not)."""
+    port = next(
+        m.group(1)
+        for m in map(re.compile(r"admin listening on 127\.0\.0\.1:(\d+)").search, node.lines)
+        if m
+    )
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
         return json.loads(r.read())
 
 
 @pytest_twisted.inlineCallbacks
 def test_two_nodes_each_client_gets_exactly_its_events(spawn, publisher, rabbit):
-    a = yield spawn.notifyd()
-    b = yield spawn.notifyd()
+    a = yield spawn.notifyd(*ADMIN)
+    b = yield spawn.notifyd(*ADMIN)
     ca = yield spawn.js(a.url, "json")
     cb = yield spawn.js(b.url, "msgpack")
     cb2 = yield spawn.js(b.url, "cbor")
@@ -75,7 +89,7 @@ def test_two_nodes_each_client_gets_exactly_its_events(spawn, publisher, rabbit)
 
 @pytest_twisted.inlineCallbacks
 def test_bindings_follow_subscriptions(spawn, rabbit):
-    node = yield spawn.notifyd()
+    node = yield spawn.notifyd(*ADMIN)
     queue = status(node)["queue"]
     c1 = yield spawn.js(node.url)
     c2 = yield spawn.js(node.url)

@@ -4,7 +4,6 @@ Node) reconnect through haproxy to the other and receive the next events."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -12,6 +11,7 @@ import urllib.request
 
 import pytest
 import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.threads import deferToThread
@@ -23,8 +23,12 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
 def sessions_on(port: int) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-        return json.loads(r.read())["sessions"]
+    # the public /readyz says only whether the node is ready; /metrics counts
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        families = text_string_to_metric_families(r.read().decode())
+        return int(
+            sum(s.value for f in families if f.name == "notifyd_sessions" for s in f.samples)
+        )
 
 
 @pytest_twisted.inlineCallbacks

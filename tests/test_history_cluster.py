@@ -84,7 +84,16 @@ def test_notifyd_fails_over_and_clients_miss_nothing(rabbit_cluster: Cluster, sp
             urls[1],
             "--amqp-url",
             urls[2],
-            *history_args(stream, "--history-replicas", "3", "--amqp-max-retry-delay", "1"),
+            *history_args(
+                stream,
+                "--history-replicas",
+                "3",
+                # a classic ingest queue lives on one node: in a cluster, quorum
+                "--history-ingest-queue-type",
+                "quorum",
+                "--amqp-max-retry-delay",
+                "1",
+            ),
         )
     )
     try:

@@ -123,8 +123,8 @@ def test_connection_and_subscription_limits(spawn):
         raise AssertionError("a third connection was accepted")
     except ConnectionError as e:
         assert "503" in str(e) or "handshake" in str(e)
-    yield node.wait_count("refused WebSocket from .*: limit", 1)
-    assert node.count("refused WebSocket from .*: limit") == 1
+    yield node.wait_count("refused connection from .*: limit", 1)
+    assert node.count("refused connection from .*: limit") == 1
     for i, topic in enumerate(["a.1", "a.2"], 1):
         p1.sendMessage(json.dumps([32, i, {}, topic]).encode())
     yield p1._w.wait(lambda: len([m for m in p1.json_messages() if m[0] == 33]) == 2)

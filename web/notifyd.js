@@ -326,6 +326,13 @@
 
   Notifier.prototype._closed = function (reason, details) {
     var self = this;
+    if (details && details.reason === "wamp.close.killed") {
+      // the backend ended this user's sessions (revocation): stay off
+      this._closing = true;
+      this._emit("disconnect", { reason: reason, wampReason: details.reason, retryIn: null });
+      this._setState("closed", { reason: reason, wampReason: details.reason });
+      return;
+    }
     if (this._closing) {
       this._setState("closed", { reason: reason });
       return;
