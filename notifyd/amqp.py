@@ -27,7 +27,14 @@ from typing import Any
 
 import pika
 from pika.adapters.twisted_connection import TwistedProtocolConnection
-from pika.exceptions import NackError, UnroutableError
+from pika.exceptions import (
+    ChannelClosedByBroker,
+    ConnectionClosedByBroker,
+    NackError,
+    ProbableAccessDeniedError,
+    ProbableAuthenticationError,
+    UnroutableError,
+)
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
@@ -101,6 +108,39 @@ def endpoint_for(reactor: Any, url: str) -> tuple[Any, pika.URLParameters]:
     return endpoint, params
 
 
+def setup_hint(error: Exception, exchange: str, passive: bool) -> str | None:
+    """One line naming what to change when RabbitMQ refuses the set-up, or
+    None for an error that is not a refusal (logged with its traceback)."""
+    code = getattr(error, "reply_code", None)
+    text = getattr(error, "reply_text", "") or ""
+    if isinstance(error, ProbableAuthenticationError):
+        return "authentication failed: check the user and password in amqp_url"
+    if isinstance(error, ProbableAccessDeniedError):
+        return "access to the virtual host was refused: check the vhost and permissions in amqp_url"
+    if not isinstance(error, (ChannelClosedByBroker, ConnectionClosedByBroker)):
+        return None
+    if code == 406 and "exchange" in text:
+        return (
+            f"exchange {exchange!r} exists with other properties ({text}); set "
+            "exchange_passive = true to use it as it is, or choose another exchange"
+        )
+    if code == 406:
+        return (
+            f"a queue exists with other arguments ({text}); delete it, or change "
+            "history_stream / history_ingest_queue_type to match"
+        )
+    if code == 404 and passive:
+        return (
+            f"exchange {exchange!r} does not exist ({text}); create it, or unset exchange_passive"
+        )
+    if code == 403:
+        return (
+            f"the RabbitMQ user of amqp_url may not do this ({text}); grant it configure, "
+            f"write and read permissions on {exchange!r}, {exchange}.* and the notifyd queues"
+        )
+    return f"{text or type(error).__name__} (AMQP code {code})"
+
+
 class AMQPService(Service):
     """Keeps this node connected, bound and consuming."""
 
@@ -140,6 +180,9 @@ class AMQPService(Service):
         self._control = control
         self.control_exchange = f"{exchange}.control"
         self._max_retry_delay = max_retry_delay
+        self._backoff = backoffPolicy(initialDelay=0.5, maxDelay=max_retry_delay)
+        #: set-ups RabbitMQ refused in a row (they count for the backoff)
+        self.setup_failures = 0
         self._client: ClientService | None = None
         self._consumer: tuple[Any, str] | None = None
         self._acks = AckBatcher(reactor)
@@ -158,7 +201,7 @@ class AMQPService(Service):
         self._client = ClientService(
             self._endpoint,
             factory,
-            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=self._max_retry_delay),
+            retryPolicy=self._retry_delay,
             clock=self._reactor,
             prepareConnection=self._prepare,
         )
@@ -167,6 +210,10 @@ class AMQPService(Service):
             "connecting to RabbitMQ at {nodes}",
             nodes=", ".join(f"{p.host}:{p.port}" for _, p in self._endpoint.targets),
         )
+
+    def _retry_delay(self, attempt: int) -> float:
+        """Exponential backoff over failed connects *and* failed set-ups."""
+        return self._backoff(max(attempt, self.setup_failures))
 
     @inlineCallbacks
     def stop_consuming(self, timeout: float = 5.0) -> Any:
@@ -236,13 +283,21 @@ class AMQPService(Service):
                 yield self.history.attach(conn, channel, publish_channel, self.exchange)
             yield self.bindings.attach(_QueueBinder(channel, queue, self.exchange))
             consumer, tag = yield channel.basic_consume(queue=queue, auto_ack=False)
-        except Exception:
+        except Exception as e:
             self.bindings.detach()
             if self.history is not None:
                 self.history.detach()
-            self._log.failure("RabbitMQ set-up failed; retrying")
+            self.setup_failures += 1
+            hint = setup_hint(e, self.exchange, self.exchange_passive)
+            if hint is None:
+                self._log.failure("RabbitMQ set-up failed; retrying")
+            else:
+                self._log.error("RabbitMQ refused notifyd's set-up: {hint}; retrying", hint=hint)
+            # ClientService only takes a disconnect of a connection it saw
+            # made: "succeed", then close; the retry policy keeps the backoff
             conn.transport.loseConnection()
-            raise
+            return
+        self.setup_failures = 0
         self._conn = conn
         self.queue = queue
         self._publish_channel = publish_channel

@@ -18,11 +18,16 @@ or unbind is in flight is reconciled when that operation completes.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 
 from notifyd.logs import Logger
+
+#: seconds between the info lines that sum binding changes up
+SUMMARY_INTERVAL = 60.0
 
 
 class Binder(Protocol):
@@ -38,7 +43,13 @@ class Bindings:
 
     _log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        #: binding changes RabbitMQ confirmed (for the summary lines)
+        self.added = 0
+        self.removed = 0
+        self._summarized = -SUMMARY_INTERVAL
+        self._summary = (0, 0)
         self._refs: dict[str, int] = {}
         self._bound: set[str] = set()
         self._inflight: set[str] = set()
@@ -172,11 +183,12 @@ class Bindings:
                 return
             self._inflight.discard(key)
             after(key)
-            self._log.info(
+            self._log.debug(
                 "AMQP binding {change}: {key}",
                 change="added" if wanted else "removed",
                 key=key,
             )
+            self._changed(wanted)
             self._sync(key)
 
         def failed(f: Any) -> None:
@@ -189,6 +201,24 @@ class Bindings:
             self._attach_progress(key, f)
 
         op(key).addCallbacks(done, failed)
+
+    def _changed(self, added: bool) -> None:
+        """Count a binding change; at most one info line per
+        ``SUMMARY_INTERVAL`` sums them up (each change is a debug line)."""
+        if added:
+            self.added += 1
+        else:
+            self.removed += 1
+        now = self._clock()
+        if now - self._summarized >= SUMMARY_INTERVAL:
+            self._log.info(
+                "AMQP bindings: {added} added, {removed} removed since the last summary; {n} bound",
+                added=self.added - self._summary[0],
+                removed=self.removed - self._summary[1],
+                n=len(self._bound),
+            )
+            self._summarized = now
+            self._summary = (self.added, self.removed)
 
     def _wake(self, key: str) -> None:
         waiters = self._waiters.pop(key, [])

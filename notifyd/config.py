@@ -373,6 +373,14 @@ SETTINGS: tuple[Setting, ...] = (
         _one_of("text", "json"),
     ),
     Setting(
+        "log_level",
+        str,
+        "info",
+        "Lowest level of notifyd's own log lines: debug (adds every binding change), "
+        "info, warn or error.",
+        _one_of("debug", "info", "warn", "error"),
+    ),
+    Setting(
         "max_connections",
         int,
         10000,

@@ -81,9 +81,11 @@ PAYLOAD_ENVELOPE = "envelope"
 #: it in two more levels, and Autobahn|JS's msgpack decoder refuses more than
 #: 100 in all
 MAX_DEPTH = 64
-#: integers every serializer carries (msgpack: 64 bits)
-MIN_INT = -(2**63)
-MAX_INT = 2**64 - 1
+#: integers every client reads as a plain number: JavaScript's safe range
+#: (msgpack and CBOR decoders hand larger ones over as BigInt, which a page
+#: cannot JSON.stringify; JSON.parse rounds them)
+MIN_INT = -(2**53 - 1)
+MAX_INT = 2**53 - 1
 
 _JSON_TYPES = {None, "", "application/json"}
 _ENCODINGS = {None, "", "utf-8", "utf8", "identity"}
@@ -230,7 +232,7 @@ def _finite(text: str) -> float:
 def _bounded(text: str) -> int:
     value = int(text)
     if not MIN_INT <= value <= MAX_INT:
-        raise ValueError("integer is out of the 64-bit range")
+        raise ValueError("integer is outside JavaScript's safe range (±2^53-1)")
     return value
 
 
@@ -240,7 +242,8 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite, pa
 
 def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
     """Raise ValueError unless ``value`` is a payload every client can read:
-    JSON types only, string keys, finite floats, 64-bit integers, text
+    JSON types only, string keys, finite floats, integers within
+    JavaScript's safe range, text
     without lone surrogates, nested at most ``max_depth`` deep."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
@@ -252,7 +255,7 @@ def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
             pass
         elif kind is int or isinstance(item, int):
             if not MIN_INT <= item <= MAX_INT:
-                raise ValueError("integer is out of the 64-bit range")
+                raise ValueError("integer is outside JavaScript's safe range (±2^53-1)")
         elif kind is float:
             if item != item or item in (_INF, -_INF):
                 raise ValueError("numbers must be finite")

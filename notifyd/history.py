@@ -169,6 +169,9 @@ class HistorySettings:
     retained_max_age: float = 30 * 86400.0
     #: most topics in the retained table (the oldest updates go first)
     max_retained: int = 100_000
+    #: a replay or get_events cut off by a lost connection waits this long
+    #: for the log to be followed again, then fails with log_unavailable
+    reconnect_wait: float = 30.0
 
 
 def _decode(offset: int, msg: Any, max_size: int, base: int = 1) -> InboundEvent:
@@ -206,6 +209,8 @@ class History:
         #: topic -> (newest retained event, its time), oldest update first
         self.retained: dict[str, tuple[InboundEvent, float]] = {}
         self._readers = FairReaders(settings.readers)
+        #: replays and get_events calls that lost the log and waited for it
+        self.interrupted = 0
         #: undecodable entries skipped, by reason
         self.skipped: Counter[str] = Counter()
         self._reported: set[tuple[int, int]] = set()
@@ -338,7 +343,7 @@ class History:
             return 0
         yield self._readers.acquire(catchup.session_id)
         try:
-            sent = 0
+            sent = [0]  # EVENTs replayed, over every attempt
             ready: list[bool] = []
 
             def ready_once() -> None:
@@ -347,24 +352,41 @@ class History:
                     on_ready()
 
             while True:
+                generation = self.log.generation
                 try:
-                    n = yield self._replay(catchup, sub, catchup.last, ready_once)
-                    return sent + n
+                    yield self._replay(catchup, sub, catchup.last, ready_once, sent)
+                    return sent[0]
                 except LogUnavailable:
-                    if not ready:
-                        raise HistoryError(
-                            ERROR_LOG_UNAVAILABLE, "the event log is not reachable right now"
-                        )
-                    # RabbitMQ went away mid-replay: go on where it stopped
-                    yield self.log.wait_ready()
+                    # RabbitMQ went away mid-replay (a restart, a failover):
+                    # go on from the entry it reached once the log is back
+                    yield self._log_back(generation)
+                    if sub.subscribers.get(catchup.session_id) is not catchup:
+                        return sent[0]  # unsubscribed or gone meanwhile
         finally:
             self._readers.release()
 
     @inlineCallbacks
-    def _replay(self, catchup: Catchup, sub: Subscription, after: int, on_ready: Any) -> Any:
+    def _log_back(self, generation: int) -> Any:
+        """Wait (at most ``reconnect_wait``) until the log is followed on a
+        connection newer than ``generation`` (the one a read lost); else
+        :class:`HistoryError` ``log_unavailable``."""
+        self.interrupted += 1
+        waiting = self.log.wait_attached(generation)
+        try:
+            yield waiting.addTimeout(self.settings.reconnect_wait, self._clock)
+        except defer.TimeoutError:
+            raise HistoryError(
+                ERROR_LOG_UNAVAILABLE,
+                f"the event log was not back within {self.settings.reconnect_wait:g} s",
+            )
+
+    @inlineCallbacks
+    def _replay(
+        self, catchup: Catchup, sub: Subscription, after: int, on_ready: Any, sent: list[int]
+    ) -> Any:
         start = after  # the offset of publication id after + 1
         session = catchup.session
-        state = {"first": True, "sent": 0, "gap": None}
+        state: dict[str, Any] = {"first": True, "gap": None}
         log = self.log
 
         def handle(offset: int, msg: Any) -> Any:
@@ -381,7 +403,7 @@ class History:
                 event = self.event_of(offset, msg)
                 if event is not None and (not event.filtered or event.receives(catchup)):
                     session.send_event(make_event(sub, event))
-                    state["sent"] += 1
+                    sent[0] += 1
             catchup.last = offset + 1
             if log.live_pos is not None and offset >= log.live_pos:
                 catchup.replaying = False
@@ -409,7 +431,6 @@ class History:
                 first=state["gap"],
                 position=(log.live_pos or 0) + 1,
             )
-        return state["sent"]
 
     # -- get_events ------------------------------------------------------------------------
     @inlineCallbacks
@@ -433,7 +454,13 @@ class History:
             while end >= 0 and len(found) < limit and scanned < self.settings.scan_limit:
                 window = min(window, self.settings.scan_limit - scanned)
                 start = max(0, end - window + 1)
-                batch, first = yield self._scan(session, sub, start, end)
+                generation = self.log.generation
+                try:
+                    batch, first = yield self._scan(session, sub, start, end)
+                except LogUnavailable:
+                    # RabbitMQ restarted: read the window again
+                    yield self._log_back(generation)
+                    continue
                 found[:0] = batch
                 scanned += end - start + 1
                 if first is not None and first > start:
@@ -462,10 +489,7 @@ class History:
                     batch.append(_as_dict(event, sub))
             return offset >= end
 
-        try:
-            yield self.log.read(start, handle)
-        except LogUnavailable:
-            raise HistoryError(ERROR_LOG_UNAVAILABLE, "the event log is not reachable right now")
+        yield self.log.read(start, handle)
         return batch, first[0] if first else None
 
     # -- retained ---------------------------------------------------------------------------

@@ -33,8 +33,14 @@ Readers of the log and the retained store skip entries without
 not pass the checks is never delivered.  Order: one active consumer and one
 confirm channel keep the ingest queue's order.  A write that fails after
 later ones succeeded makes those later ones appear twice in the log (the
-requeued copies are written again): at least once, never lost, never
-reordered before an earlier event.
+requeued copies are written again) unless this node's live consumer has
+already seen them: every entry carries a digest of the event (topic,
+headers, properties, body), and a redelivered message, or one with a
+``message_id``, whose digest is among the last 100,000 entries is acked
+without being written.  So a publisher that retries with the same
+``message_id`` after a lost confirm (as :mod:`notifyd.publisher` does) does
+not duplicate the event either.  What remains is at least once, never lost,
+never reordered before an earlier event.
 
 Only notifyd's RabbitMQ user should be allowed to write to ``<exchange>.log``
 and the two streams (RabbitMQ permissions; see docs/security.md).
@@ -66,8 +72,10 @@ from notifyd.topics import PatternSet
 CHECKED_HEADER = "x-notifyd-checked"
 #: header that routes a canonical entry into the log stream
 LOG_HEADER = "notifyd-log"
-#: header with a digest of the event (topic, headers, body): a message
-#: RabbitMQ redelivers after its writer died is not written twice
+#: header with a digest of the event (topic, headers, properties, body): a
+#: message RabbitMQ redelivers after its writer died, or one a publisher sent
+#: again with the same message_id, is not written twice if the log already
+#: holds it
 DIGEST_HEADER = "x-notifyd-digest"
 #: digests of recent log entries remembered for that check
 RECENT = 100_000
@@ -215,8 +223,11 @@ class LogWriter:
             consumer.basic_ack(tag)  # bound for a key no longer configured
             return
         props = _canonical_properties(event, msg.properties, logged)
-        if msg.method.redelivered and props.headers[DIGEST_HEADER] in self._recent_set:
-            # the node that took it first wrote it, then died before its ack
+        again = msg.method.redelivered or "x_message_id" in event.extra
+        if again and props.headers[DIGEST_HEADER] in self._recent_set:
+            # already in the log: a node wrote it and died before its ack, or
+            # a publisher sent the same message (same message_id) again
+            # after a lost confirm
             self.duplicates += 1
             consumer.basic_ack(tag)
             return

@@ -110,7 +110,13 @@ class Logger(_TwistedLogger):
     """:class:`twisted.logger.Logger` whose fields are escaped (see the
     module's docstring) before any observer sees them."""
 
+    #: the lowest level notifyd's own loggers write (setting ``log_level``);
+    #: debug lines (each binding change, say) are dropped by default
+    level: LogLevel = LogLevel.info
+
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        if level < Logger.level:
+            return
         for key, value in kwargs.items():
             if not key.startswith("log_"):
                 kwargs[key] = escape_value(value)
@@ -158,6 +164,12 @@ class JsonLines:
 
 
 _installed: list[Any] = []
+
+
+def set_level(name: str) -> None:
+    """Write notifyd's own log lines from level ``name`` (debug, info, warn,
+    error) up."""
+    Logger.level = LogLevel.levelWithName(name)
 
 
 def install(application: Any, log_format: str) -> None:

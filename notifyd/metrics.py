@@ -35,6 +35,8 @@ notifyd_log_entries_skipped_total          counter
 notifyd_log_entries_undecodable_total      counter reason (``unchecked``, ``bad_json``, …)
 notifyd_log_writes_total                   counter (events written to the log by this node)
 notifyd_log_writes_failed_total            counter
+notifyd_log_duplicates_skipped_total       counter
+notifyd_replays_interrupted_total          counter
 notifyd_sessions_killed_total              counter
 notifyd_rate_limited_total                 counter kind (``subscribe``, ``call``, ``publish``,
                                                    ``publish_bytes``)
@@ -194,6 +196,16 @@ class NotifydCollector(Collector):
                     "events this node's ingest consumer wrote to the event log",
                     value=history.writer.written,
                 )
+                yield CounterMetricFamily(
+                    "notifyd_log_duplicates_skipped",
+                    "events the ingest consumer found in the log already (not written again)",
+                    value=history.writer.duplicates,
+                )
+            yield CounterMetricFamily(
+                "notifyd_replays_interrupted",
+                "replays and get_events calls that lost RabbitMQ and went on after it came back",
+                value=history.interrupted,
+            )
 
         for key, (name, doc) in _PLAIN_COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=counters.get(key, 0))

@@ -8,7 +8,11 @@ Examples::
     notifyd-publish --demo --count 20 --rate 2      # a stream of invoicing events
 
 The AMQP URL and exchange come from ``--amqp-url``/``--exchange`` or the same
-``NOTIFYD_AMQP_URL``/``NOTIFYD_EXCHANGE`` variables notifyd reads.
+``NOTIFYD_AMQP_URL``/``NOTIFYD_EXCHANGE`` variables notifyd reads.  Events are
+published with :class:`notifyd.publisher.Publisher`: persistent, with
+confirms and ``mandatory``, retried for ``--retry-for`` seconds; ``--logged``
+(or ``NOTIFYD_HISTORY``, like notifyd's ``history`` setting) names the topics
+the event log keeps, whose returned messages are retried rather than dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pika
+
+from notifyd.publisher import Publisher, PublishFailed
 
 CLIENTS = [
     "Acme Ltd",
@@ -87,6 +93,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--count", type=int, default=0, help="with --demo: how many (0 = forever)")
     p.add_argument("--rate", type=float, default=1.0, help="with --demo: events per second")
     p.add_argument("--seed", type=int, default=None, help="with --demo: random seed")
+    p.add_argument(
+        "--logged",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="binding key of the topics notifyd's event log keeps (repeatable; default: "
+        "$NOTIFYD_HISTORY): a returned message on these is published again",
+    )
+    p.add_argument(
+        "--retry-for",
+        type=float,
+        default=30.0,
+        help="seconds to keep retrying an event RabbitMQ did not take (default 30)",
+    )
     args = p.parse_args(argv)
     if not args.demo and (args.topic is None or args.json is None):
         p.error("give TOPIC and JSON, or --demo")
@@ -104,24 +124,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"notifyd-publish: --header {h!r} is not NAME=VALUE", file=sys.stderr)
             return 2
         headers[name] = value
+    logged = args.logged
+    if logged is None:
+        logged = [k for k in os.environ.get("NOTIFYD_HISTORY", "").replace(",", " ").split() if k]
+    publisher = Publisher(
+        args.amqp_url,
+        args.exchange,
+        logged=logged,
+        retry_for=args.retry_for,
+        app_id="notifyd-publish",
+    )
     try:
-        conn = pika.BlockingConnection(pika.URLParameters(args.amqp_url))
+        publisher.connect()
     except Exception as e:
         print(f"notifyd-publish: cannot connect to {args.amqp_url}: {e}", file=sys.stderr)
         return 1
-    channel = conn.channel()
-    channel.exchange_declare(exchange=args.exchange, exchange_type="topic", durable=True)
-    channel.confirm_delivery()
 
     def send(topic: str, body: bytes) -> None:
         props = pika.BasicProperties(
             content_type="application/json",
+            delivery_mode=2,
             message_id=str(uuid.uuid4()),
             timestamp=int(time.time()),
             app_id="notifyd-publish",
             headers=headers or None,
         )
-        channel.basic_publish(args.exchange, topic, body, props)
+        publisher.publish_raw(topic, body, props)
 
     try:
         if not args.demo:
@@ -138,12 +166,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{topic} {json.dumps(body)}", flush=True)
             if args.count and n >= args.count:
                 break
-            conn.sleep(interval)
+            time.sleep(interval)
     except KeyboardInterrupt:
         pass
+    except PublishFailed as e:
+        print(f"notifyd-publish: {e}", file=sys.stderr)
+        return 1
     finally:
-        if conn.is_open:
-            conn.close()
+        publisher.close()
     return 0
 
 

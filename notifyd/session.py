@@ -95,6 +95,8 @@ class Transport(Protocol):
 
 
 CLOSE_AUTH_EXPIRED = "wamp.close.auth_expired"
+#: GOODBYE reason for a client that fell too far behind (see notifyd.websocket)
+CLOSE_SLOW_CONSUMER = "notifyd.close.slow_consumer"
 #: SUBSCRIBE option: replay the event log after this publication id first
 OPTION_RESUME_AFTER = "_resume_after"
 ERROR_TOO_MANY_SUBSCRIPTIONS = "notifyd.error.too_many_subscriptions"
@@ -173,6 +175,11 @@ class WampSession:
             return
         if self.state is State.CLOSING and not isinstance(msg, (message.Goodbye, message.Abort)):
             return
+        request = getattr(msg, "request", None)
+        if type(msg).MESSAGE_TYPE in _REQUEST_TYPES and (type(request) is not int or request < 1):
+            # autobahn's id check lets 0 through; WAMP ids are 1..2^53
+            self.protocol_violation(f"request id {request!r} is not in 1..2^53")
+            return
         if isinstance(msg, (message.Publish, message.Subscribe)):
             # autobahn's classes drop options they do not know: read them raw
             options = raw[2] if raw and len(raw) > 2 and isinstance(raw[2], dict) else {}
@@ -212,6 +219,19 @@ class WampSession:
             return
         self.transport.send(message.Abort(reason, message=text))
         self._close()
+
+    def leave_slow(self) -> message.Goodbye | None:
+        """The transport cannot keep up: every subscription ends now, and
+        the GOODBYE it should get (``notifyd.close.slow_consumer``) is
+        returned for the transport to queue behind its backlog."""
+        if self.state is not State.OPEN:
+            return None
+        self._detach()
+        self.state = State.CLOSING
+        return message.Goodbye(
+            reason=CLOSE_SLOW_CONSUMER,
+            message="this client fell too far behind; reconnect (and resume)",
+        )
 
     def shutdown(self, reason: str = wamp.CLOSE_SYSTEM_SHUTDOWN) -> None:
         """Router-initiated close: GOODBYE, then wait for the client's."""

@@ -139,6 +139,8 @@ class StreamLog:
         self.probe_timeout = probe_timeout
         self.probe_on_attach = probe_on_attach
         self.ready = False
+        #: how many times the log was attached (a new connection each time)
+        self.generation = 0
         self._waiting_ready: list[Deferred[None]] = []
 
     # -- connection life cycle -------------------------------------------------
@@ -168,6 +170,7 @@ class StreamLog:
             # tail is known (and a table built from the stream is complete)
             self._probed_at = -1e9
             yield self.probe()
+        self.generation += 1
         self.ready = True
         waiting, self._waiting_ready = self._waiting_ready, []
         for d in waiting:
@@ -208,6 +211,16 @@ class StreamLog:
         waiting, self._want = self._want, []
         for d in waiting:
             d.errback(LogUnavailable())
+
+    def wait_attached(self, after: int) -> Deferred[None]:
+        """Fires once the log is followed on a connection newer than
+        generation ``after`` (a reader that lost generation ``after``'s
+        connection waits for the next one; cancel to stop waiting)."""
+        if self.ready and self.generation > after:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._waiting_ready.remove(d))
+        self._waiting_ready.append(d)
+        return d
 
     def wait_ready(self) -> Deferred[None]:
         """Fires once the log is followed and its tail is known."""
@@ -330,15 +343,21 @@ class StreamLog:
         the handler sees is the first the stream has from ``start`` on, so
         one above ``start`` means retention removed the rest."""
         conn = self._conn
-        if conn is None:
+        if conn is None or not conn.is_open:
             raise LogUnavailable()
-        channel = yield conn.channel()
+        try:
+            channel = yield conn.channel()
+        except Exception:  # the connection went away meanwhile
+            raise LogUnavailable()
         acks = AckBatcher(self._reactor)
         try:
-            yield channel.basic_qos(prefetch_count=self.prefetch)
-            queue, _tag = yield channel.basic_consume(
-                queue=self.name, auto_ack=False, arguments={OFFSET_HEADER: start}
-            )
+            try:
+                yield channel.basic_qos(prefetch_count=self.prefetch)
+                queue, _tag = yield channel.basic_consume(
+                    queue=self.name, auto_ack=False, arguments={OFFSET_HEADER: start}
+                )
+            except Exception:
+                raise LogUnavailable()
             while True:
                 try:
                     msg = yield queue.get()

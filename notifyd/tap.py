@@ -361,6 +361,7 @@ class NotifydService(MultiService):
         super().setServiceParent(parent)
         # twistd asks the application for a log observer before it starts
         logs.install(parent, self.settings.log_format)
+        logs.set_level(self.settings.log_level)
 
     def status(self) -> dict[str, Any]:
         """What ``/readyz`` reports."""

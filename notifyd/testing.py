@@ -151,6 +151,11 @@ class FakeLog:
     def wait_ready(self) -> Deferred[None]:
         return succeed(None)
 
+    generation = 0
+
+    def wait_attached(self, after: int) -> Deferred[None]:
+        return succeed(None)
+
     def tail(self) -> Deferred[int]:
         if self.live_pos is None:
             # the real log appends a marker; an empty fake log has offset -1

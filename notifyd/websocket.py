@@ -50,7 +50,10 @@ Limits and liveness:
 * **Slow clients.**  Each connection is a push producer of its TCP
   transport: when the kernel and Twisted's buffer (64 KiB) are full, Twisted
   pauses it.  While paused, at most ``max_outbound_buffer`` more bytes are
-  queued for it; past that the connection is aborted (logged as
+  queued for it; past that it gets no more events: its subscriptions end,
+  GOODBYE ``notifyd.close.slow_consumer`` is queued behind what it has not
+  read yet (so a client that keeps reading learns why and can resume), and
+  the connection is aborted if it is still open 10 s later (logged as
   ``slow consumer``, counted in ``notifyd_slow_consumer_disconnects_total``
   and ``notifyd_events_dropped_total{reason="slow_consumer"}``).  No other
   session and not the AMQP consumer ever waits for it.
@@ -86,6 +89,8 @@ SERIALIZERS = {
 }
 
 _UNSERIALIZABLE = object()
+#: a slow consumer has this long to read its backlog and GOODBYE
+SLOW_CONSUMER_GRACE = 10.0
 
 
 _log = Logger()
@@ -161,6 +166,7 @@ class WampServerProtocol(WebSocketServerProtocol):
     _drain: list[Deferred[None]] | None = None
     _hello_timer: Any = None
     _slow = False
+    _slow_drop: Any = None
 
     def onConnect(self, request: ConnectionRequest) -> tuple[str, dict[str, str]]:
         transport = self.transport
@@ -205,6 +211,8 @@ class WampServerProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason: Any) -> None:
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
+        if self._slow_drop is not None and self._slow_drop.active():
+            self._slow_drop.cancel()
         self.factory.gate.closed(self.transport)
         super().connectionLost(reason)
         self.factory.connection_gone(self)
@@ -326,8 +334,21 @@ class WampServerProtocol(WebSocketServerProtocol):
             peer=self.peer,
             n=self.factory.max_outbound_buffer,
         )
-        self.dropConnection(abort=True)
+        # No more events for it.  GOODBYE goes behind what is queued, so a
+        # client that keeps reading learns why (and resumes) before the
+        # connection ends; one that reads nothing is dropped after a grace.
+        session = self.session
+        goodbye = session.leave_slow() if session is not None else None
+        if goodbye is not None:
+            payload, is_binary = self._wamp_serializer.serialize(goodbye)
+            self.sendMessage(payload, is_binary)
+        self._slow_drop = self.factory.clock.callLater(SLOW_CONSUMER_GRACE, self._drop_slow)
         return True
+
+    def _drop_slow(self) -> None:
+        self._slow_drop = None
+        if self.state != self.STATE_CLOSED:
+            self.dropConnection(abort=True)
 
     def send_event(self, event: NotifydEvent) -> None:
         if self.state != self.STATE_OPEN or self._slow:

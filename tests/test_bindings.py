@@ -111,3 +111,31 @@ def test_detach_while_attaching_fails_the_attach():
     attached.addErrback(errors.append)
     b.detach()
     assert errors
+
+
+def test_binding_changes_are_debug_lines_summed_up_once_per_interval():
+    from twisted.logger import globalLogPublisher
+
+    from notifyd.bindings import SUMMARY_INTERVAL
+    from notifyd.logs import Logger
+
+    now = [1000.0]
+    lines: list[dict] = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        b, ch = Bindings(clock=lambda: now[0]), FakeBinder(auto=True)
+        b.attach(ch)
+        for i in range(100):
+            b.acquire(f"user.{i}")
+        now[0] += SUMMARY_INTERVAL
+        for i in range(50):
+            b.release(f"user.{i}")
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    mine = [e for e in lines if e.get("log_namespace", "").startswith("notifyd.bindings")]
+    summaries = [e for e in mine if "since the last summary" in e["log_format"]]
+    assert Logger.level.name == "info"
+    # 150 changes: no line each at the default level, two summaries
+    assert not [e for e in mine if "AMQP binding added" in e["log_format"]]
+    assert [(e["added"], e["removed"]) for e in summaries] == [(1, 0), (99, 1)]
+    assert b.added == 100 and b.removed == 50

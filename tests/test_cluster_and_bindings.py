@@ -89,7 +89,7 @@ def test_two_nodes_each_client_gets_exactly_its_events(spawn, publisher, rabbit)
 
 @pytest_twisted.inlineCallbacks
 def test_bindings_follow_subscriptions(spawn, rabbit):
-    node = yield spawn.notifyd(*ADMIN)
+    node = yield spawn.notifyd(*ADMIN, "--log-level", "debug")
     queue = status(node)["queue"]
     c1 = yield spawn.js(node.url)
     c2 = yield spawn.js(node.url)
@@ -166,7 +166,42 @@ def test_missing_exchange_in_passive_mode_is_reported(rabbit):
 
     reactor.spawnProcess(node, node.args[0], node.args, env=node.env)
     try:
-        yield node.wait_line(r"RabbitMQ set-up failed; retrying")
-        yield node.wait_line(r"NOT_FOUND - no exchange")
+        # one clear line per retry, naming the setting; no tracebacks (the
+        # automat NoTransition of ClientService included)
+        yield node.wait_count(
+            r"RabbitMQ refused notifyd's set-up: exchange .* does not exist "
+            r"\(NOT_FOUND - no exchange .*\); create it, or unset exchange_passive; retrying",
+            2,
+        )
+        assert not [line for line in node.lines if "Traceback" in line or "NoTransition" in line]
     finally:
         yield node.signal("KILL")
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_exchange_with_other_properties_is_one_clear_line_per_retry(rabbit):
+    """An existing non-durable exchange of the same name: RabbitMQ refuses the
+    declare (406); notifyd says what to change, once per retry, with backoff
+    and without tracebacks."""
+    import pika
+
+    from tests.harness import Notifyd, unique
+
+    name = unique("transient")
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+    conn.channel().exchange_declare(name, exchange_type="topic", durable=False)
+    node = Notifyd(rabbit.url, name, "--amqp-max-retry-delay", "1")
+    from twisted.internet import reactor
+
+    reactor.spawnProcess(node, node.args[0], node.args, env=node.env)
+    try:
+        yield node.wait_count(
+            r"RabbitMQ refused notifyd's set-up: exchange .* exists with other properties "
+            r".*PRECONDITION_FAILED.*set exchange_passive = true",
+            3,
+        )
+        assert not [line for line in node.lines if "Traceback" in line or "NoTransition" in line]
+    finally:
+        yield node.signal("KILL")
+        conn.channel().exchange_delete(name)
+        conn.close()

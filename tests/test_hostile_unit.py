@@ -55,6 +55,7 @@ def test_ordinary_unicode_topics_pass():
         b'"\\ud800"',
         b'{"\\udfff": 1}',
         b"18446744073709551616",
+        b"9007199254740992",
         b"-9223372036854775809",
         b"[NaN]",
     ],
@@ -67,7 +68,7 @@ def test_bodies_a_client_could_not_read_are_bad_json(body):
 
 def test_bodies_at_the_limits_pass():
     assert decode(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH).args
-    assert decode(b"[1e308, 18446744073709551615, -9223372036854775808]").args
+    assert decode(b"[1e308, 9007199254740991, -9007199254740991]").args
     assert decode(b'"\\ud83d\\ude00"').args == ["\U0001f600"]
 
 
@@ -103,6 +104,7 @@ def test_extra_claim_targeting_ignores_case_and_takes_integers():
         [float("nan")],
         [float("inf")],
         [2**70],
+        [2**53],
         [b"bytes"],
         ["\ud800"],
         [{1: "int key"}],
