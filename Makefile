@@ -11,7 +11,7 @@ AMQP_URL := amqp://guest:guest@127.0.0.1:56720/%2F
 DEMO_PORT ?= 8080
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop test conformance fuzz bench bench-quick lint format clean
+.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop test conformance fuzz soak bench bench-quick lint format clean
 
 setup: venv npm rabbitmq-installed
 
@@ -85,6 +85,13 @@ fuzz: setup
 	@rc=0; NOTIFYD_FUZZ_EXAMPLES=$${NOTIFYD_FUZZ_EXAMPLES:-2000} $(TEST_NODE) $(PY) -m pytest -s tests/test_fuzz.py || rc=$$?; \
 	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \
 	exit $$rc
+
+# The soak test (docs/operations.md): 30 minutes of mixed load on two nodes,
+# a RabbitMQ restart or a notifyd SIGKILL every 150 s, clients resuming;
+# counts lost, duplicated and reordered events per client.  SOAK_ARGS=...
+# passes options (e.g. --minutes 5).
+soak: setup
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 # Benchmarks (docs/performance.md): a private RabbitMQ node in .rabbitmq/bench,
 # the server pinned to core 0, the load generator to core 1.

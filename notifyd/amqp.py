@@ -47,7 +47,7 @@ from notifyd.bindings import Bindings
 from notifyd.events import BadEvent, Publication
 from notifyd.logs import Logger
 from notifyd.router import PublishRejected, PublishUnavailable
-from notifyd.streams import AckBatcher, consume_directly
+from notifyd.streams import AckBatcher, consume_directly, reconnect_when_cancelled
 
 
 class _QueueBinder:
@@ -344,7 +344,11 @@ class AMQPService(Service):
 
     # -- consuming -----------------------------------------------------------------
     def _consume(self, channel: Any, consumer: Any) -> None:
-        consume_directly(consumer, lambda msg: self._on_message(channel, msg))
+        consume_directly(
+            consumer,
+            lambda msg: self._on_message(channel, msg),
+            reconnect_when_cancelled(self._conn, f"this node's queue {self.queue}"),
+        )
 
     def _on_message(self, channel: Any, msg: Any) -> None:
         tag = msg.method.delivery_tag

@@ -65,7 +65,7 @@ from notifyd.events import (
     decode_delivery,
 )
 from notifyd.logs import Logger
-from notifyd.streams import consume_directly
+from notifyd.streams import consume_directly, reconnect_when_cancelled
 from notifyd.topics import PatternSet
 
 #: header on every canonical entry (only the ingest step writes it)
@@ -193,7 +193,11 @@ class LogWriter:
         consumer = yield conn.channel()
         yield consumer.basic_qos(prefetch_count=self.prefetch)
         queue, _tag = yield consumer.basic_consume(queue=self.queue, auto_ack=False)
-        consume_directly(queue, lambda msg: self._on_message(consumer, writer, msg))
+        consume_directly(
+            queue,
+            lambda msg: self._on_message(consumer, writer, msg),
+            reconnect_when_cancelled(conn, f"the ingest queue {self.queue}"),
+        )
 
     def detach(self) -> None:
         """The connection is gone (RabbitMQ requeues what was not acked)."""

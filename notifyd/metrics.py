@@ -37,6 +37,8 @@ notifyd_log_writes_total                   counter (events written to the log by
 notifyd_log_writes_failed_total            counter
 notifyd_log_duplicates_skipped_total       counter
 notifyd_replays_interrupted_total          counter
+notifyd_log_restarts_total                 counter
+notifyd_log_gaps_total                     counter
 notifyd_sessions_killed_total              counter
 notifyd_rate_limited_total                 counter kind (``subscribe``, ``call``, ``publish``,
                                                    ``publish_bytes``)
@@ -89,6 +91,10 @@ _PLAIN_COUNTERS = {
         "writes of the ingest step RabbitMQ refused (the event is written again)",
     ),
     "sessions_killed": ("notifyd_sessions_killed", "sessions ended by a kill order"),
+    "log_gaps": (
+        "notifyd_log_gaps",
+        "times this node found log entries it never read (retention, a restarted stream)",
+    ),
 }
 _LABELLED = {
     "events_dropped_": ("notifyd_events_dropped", "events not delivered to a subscriber", "reason"),
@@ -201,6 +207,11 @@ class NotifydCollector(Collector):
                     "events the ingest consumer found in the log already (not written again)",
                     value=history.writer.duplicates,
                 )
+            yield CounterMetricFamily(
+                "notifyd_log_restarts",
+                "times the event-log stream was found restarted below this node's position",
+                value=history.log.restarts,
+            )
             yield CounterMetricFamily(
                 "notifyd_replays_interrupted",
                 "replays and get_events calls that lost RabbitMQ and went on after it came back",

@@ -28,12 +28,13 @@ so a reader skips entries below it; every delivery carries its offset in the
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pika
-from pika.exceptions import ChannelClosedByBroker
+from pika.exceptions import ChannelClosedByBroker, ConsumerCancelled
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.python.failure import Failure
 
@@ -46,20 +47,48 @@ PROBE_INTERVAL = 1.0
 OFFSET_HEADER = "x-stream-offset"
 
 
+_log = Logger()
+
+
 class LogUnavailable(Exception):
     """RabbitMQ (or the stream) is not reachable right now."""
 
 
-def consume_directly(queue: Any, handler: Callable[[Any], Any]) -> None:
+def consume_directly(
+    queue: Any, handler: Callable[[Any], Any], cancelled: Callable[[], Any] | None = None
+) -> None:
     """Hand every message of a pika consumer queue
     (:class:`~pika.adapters.twisted_connection.ClosableDeferredQueue`) to
     ``handler`` as it arrives, instead of one Deferred per message: the
-    hot path's fixed cost per delivery.  ``handler`` must not raise."""
+    hot path's fixed cost per delivery.  ``handler`` must not raise.
+    ``cancelled()`` is called if RabbitMQ cancels the consumer (its queue was
+    deleted, say), which pika reports only by closing the queue."""
     pending = list(queue.pending)
     del queue.pending[:]
     queue.put = handler
+    if cancelled is not None:
+        close = queue.close
+
+        def closing(reason: Any) -> None:
+            close(reason)
+            if isinstance(reason, ConsumerCancelled):
+                cancelled()
+
+        queue.close = closing
     for msg in pending:
         handler(msg)
+
+
+def reconnect_when_cancelled(conn: Any, what: str) -> Callable[[], None]:
+    """A ``cancelled`` callback for :func:`consume_directly`: log it and close
+    the connection, so that the service reconnects and declares again."""
+
+    def cancelled() -> None:
+        _log.warn("RabbitMQ cancelled the consumer of {what}; reconnecting", what=what)
+        if conn.is_open:
+            conn.close()
+
+    return cancelled
 
 
 class AckBatcher:
@@ -141,6 +170,8 @@ class StreamLog:
         self.ready = False
         #: how many times the log was attached (a new connection each time)
         self.generation = 0
+        #: times the stream was found restarted (below this node's position)
+        self.restarts = 0
         self._waiting_ready: list[Deferred[None]] = []
 
     # -- connection life cycle -------------------------------------------------
@@ -155,6 +186,8 @@ class StreamLog:
             yield channel.queue_bind(
                 queue=self.name, exchange=exchange, routing_key=key, arguments=arguments
             )
+        if self.live_pos is not None:
+            yield self._check_position(conn, publish_channel)
         live = yield conn.channel()
         yield live.basic_qos(prefetch_count=self.prefetch)
         start: Any = self._first_start if self.live_pos is None else self.live_pos + 1
@@ -175,6 +208,61 @@ class StreamLog:
         waiting, self._waiting_ready = self._waiting_ready, []
         for d in waiting:
             d.callback(None)
+
+    @inlineCallbacks
+    def _check_position(self, conn: Any, publish_channel: Any) -> Any:
+        """After a reconnect: is the stream still the one this node read?  A
+        stream deleted and declared again starts at offset 0, and following
+        it from the old position would skip every new entry in silence.  A
+        marker shows the real end; if it lies below the position this node
+        had reached, that is logged, counted, reported as a gap (sessions
+        with logged subscriptions are told to resume, which reports it), and
+        the node follows the new stream from its end."""
+        tail = yield self._tail_now(conn, publish_channel)
+        if tail >= self.live_pos:
+            return
+        self.restarts += 1
+        self._log.error(
+            "stream {name} restarted: its newest entry is {tail}, but this node had read up "
+            "to {pos} (was it deleted and declared again?); events of the old stream after "
+            "{pos} are lost, and resumes from older positions will be refused",
+            name=self.name,
+            tail=tail,
+            pos=self.live_pos,
+        )
+        expected = self.live_pos + 1
+        self.live_pos = tail
+        if self.on_gap is not None:
+            self.on_gap(expected, tail + 1)
+
+    @inlineCallbacks
+    def _tail_now(self, conn: Any, publish_channel: Any) -> Any:
+        """Write a marker and read it back from the stream's recent end, on
+        a channel of its own: the newest offset, whatever this node knew."""
+        token = uuid.uuid4().hex
+        since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=60)
+        yield publish_channel.basic_publish(
+            exchange="",
+            routing_key=self.name,
+            body=b"",
+            properties=pika.BasicProperties(headers={MARKER_HEADER: token}),
+        )
+        channel = yield conn.channel()
+        try:
+            yield channel.basic_qos(prefetch_count=self.prefetch)
+            queue, _tag = yield channel.basic_consume(
+                queue=self.name, auto_ack=False, arguments={OFFSET_HEADER: since}
+            )
+            while True:
+                msg = yield queue.get().addTimeout(self.probe_timeout, self._reactor)
+                channel.basic_ack(msg.method.delivery_tag)
+                headers = msg.properties.headers or {}
+                marker = headers.get(MARKER_HEADER)
+                if marker in (token, token.encode()):
+                    return headers[OFFSET_HEADER]
+        finally:
+            if channel.is_open:
+                channel.close()
 
     @inlineCallbacks
     def _declare(self, conn: Any) -> Any:
@@ -232,7 +320,11 @@ class StreamLog:
 
     # -- following -------------------------------------------------------------------
     def _follow(self, channel: Any, queue: Any) -> None:
-        consume_directly(queue, lambda msg: self._entry(channel, msg))
+        consume_directly(
+            queue,
+            lambda msg: self._entry(channel, msg),
+            reconnect_when_cancelled(self._conn, f"stream {self.name}"),
+        )
 
     def _entry(self, channel: Any, msg: Any) -> None:
         self._acks.later(channel, msg.method.delivery_tag)

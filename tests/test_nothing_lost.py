@@ -226,3 +226,38 @@ def test_an_undecodable_log_entry_is_skipped_by_replay_and_get_events(
     # the live consumer, the replay and get_events each skipped them (each
     # entry is logged once)
     yield node.wait_count("skipped event-log entry", 2)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_deleted_and_recreated_stream_is_detected_and_followed(spawn, rabbit, exchange, stream):  # noqa: F811
+    """The log's stream is deleted under a running node (an operator's
+    mistake): the node reconnects, sees that the new stream is behind the
+    position it had read, says so, tells its sessions to resume (which
+    reports the gap), and delivers the new stream's events instead of
+    skipping them in silence."""
+    node = yield spawn.notifyd(*history_args(stream, "--amqp-max-retry-delay", "1"))
+    client = yield spawn.js(node.url)
+    yield client.subscribe("s", TOPIC)
+    pub = Publisher(rabbit.url, exchange, logged=["invoice.#"])
+    for i in range(20):
+        pub.publish(TOPIC, {"seq": i})
+    yield client.wait_events("s", 20)
+    mark = len(node.lines)
+
+    def delete() -> None:
+        conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+        conn.channel().queue_delete(stream)
+        conn.close()
+
+    yield threads.deferToThread(delete)
+    yield node.wait_line(r"RabbitMQ cancelled the consumer of stream", start=mark)
+    yield node.wait_line(r"stream .* restarted: its newest entry is \d+, but this node", start=mark)
+    r = yield client.wait_report(lambda r: r["ev"] == "close")
+    assert r["details"]["reason"] == "notifyd.close.resume_failed", r
+    yield node.wait_line(r"notifyd ready", start=mark)
+    again = yield spawn.js(node.url)
+    yield again.subscribe("s", TOPIC)
+    pub.publish(TOPIC, {"seq": 100})
+    pub.close()
+    yield again.wait_events("s", 1)
+    assert again.events("s")[0]["args"][0]["seq"] == 100
