@@ -11,7 +11,7 @@ AMQP_URL := amqp://guest:guest@127.0.0.1:56720/%2F
 DEMO_PORT ?= 8080
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop test conformance fuzz soak bench bench-quick lint format clean
+.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop test unit conformance fuzz soak bench bench-quick lint format clean
 
 setup: venv npm rabbitmq-installed
 
@@ -68,6 +68,11 @@ test: setup chromium haproxy lint
 	@rc=0; $(TEST_NODE) $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \
 	exit $$rc
+
+# The unit tier: no RabbitMQ, no Node, no browser (tests not marked e2e;
+# tests/conftest.py marks them); under 30 s.  `make test` runs everything.
+unit: venv
+	$(PY) -m pytest -m "not e2e" -q $(PYTEST_ARGS)
 
 # The WebSocket conformance suite with permessage-deflate on (the 12.x and
 # 13.x cases too; slow). `make test` runs the core and 9.x cases.

@@ -44,10 +44,11 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 
 from notifyd.bindings import Bindings
+from notifyd.compat import consume_directly
 from notifyd.events import BadEvent, Publication
 from notifyd.logs import Logger
 from notifyd.router import PublishRejected, PublishUnavailable
-from notifyd.streams import AckBatcher, consume_directly, reconnect_when_cancelled
+from notifyd.streams import AckBatcher, reconnect_when_cancelled
 
 
 class _QueueBinder:

@@ -57,6 +57,7 @@ import pika
 from pika.exceptions import ChannelClosedByBroker
 from twisted.internet.defer import inlineCallbacks
 
+from notifyd.compat import consume_directly
 from notifyd.events import (
     HEADER_RETAIN,
     BadEvent,
@@ -65,7 +66,7 @@ from notifyd.events import (
     decode_delivery,
 )
 from notifyd.logs import Logger
-from notifyd.streams import consume_directly, reconnect_when_cancelled
+from notifyd.streams import reconnect_when_cancelled
 from notifyd.topics import PatternSet
 
 #: header on every canonical entry (only the ingest step writes it)

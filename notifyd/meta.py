@@ -56,7 +56,7 @@ answered ``notifyd.error.rate_limited`` when the bucket is short.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import maybeDeferred
 
@@ -69,7 +69,6 @@ from notifyd.topics import MATCH_POLICIES, InvalidTopic, validate_pattern, valid
 
 if TYPE_CHECKING:
     from notifyd.broker import Subscription
-    from notifyd.session import WampSession
 
 
 #: get_events calls one session may have running (they share the node's readers)
@@ -80,6 +79,21 @@ ERROR_NO_SUCH_SESSION = "wamp.error.no_such_session"
 SCAN_PER_TOKEN = 1000
 #: most roles in wamp.session.count's filter_authroles
 MAX_FILTER_ROLES = 100
+
+
+class Caller(Protocol):
+    """The calling session as the meta API sees it (a
+    :class:`notifyd.session.WampSession`, which imports this module)."""
+
+    router: Any
+    session_id: int
+    authid: str | None
+    authrole: str | None
+    history_calls: int
+
+    def identity(self) -> Any: ...
+
+    def charge_call(self, tokens: int) -> bool: ...
 
 
 class CallError(wamp.WampError):
@@ -124,19 +138,17 @@ class MetaApi:
     def __contains__(self, procedure: str) -> bool:
         return procedure in self._procedures
 
-    def call(
-        self, session: WampSession, procedure: str, args: list[Any], kwargs: dict[str, Any]
-    ) -> Any:
+    def call(self, session: Caller, procedure: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Run ``procedure``; a Deferred of the result (CallError on failure)."""
         return maybeDeferred(self._procedures[procedure], session, args, kwargs)
 
     # -- helpers -----------------------------------------------------------------
     @staticmethod
-    def _visible(session: WampSession, sub: Subscription) -> bool:
+    def _visible(session: Caller, sub: Subscription) -> bool:
         authorizer = session.router.policy.authorizer
         return authorizer.may_subscribe(session.identity(), sub.topic, sub.match)
 
-    def _subscription(self, session: WampSession, args: list, kwargs: dict) -> Subscription:
+    def _subscription(self, session: Caller, args: list, kwargs: dict) -> Subscription:
         sid = _int(_arg(args, kwargs, 0, "subscription"), "subscription")
         sub = session.router.broker.get(sid)
         if sub is None or not self._visible(session, sub):
@@ -144,7 +156,7 @@ class MetaApi:
         return sub
 
     @staticmethod
-    def _charge(session: WampSession, entries: int) -> None:
+    def _charge(session: Caller, entries: int) -> None:
         """A call that walks ``entries`` things takes tokens in proportion."""
         extra = entries // SCAN_PER_TOKEN
         if extra and not session.charge_call(extra):
@@ -153,14 +165,14 @@ class MetaApi:
 
     # -- procedures -----------------------------------------------------------------
     @staticmethod
-    def _may_see_sessions(session: WampSession) -> None:
+    def _may_see_sessions(session: Caller) -> None:
         if session.authrole not in session.router.policy.meta_roles:
             raise CallError(
                 wamp.ERROR_NOT_AUTHORIZED,
                 f"{session.authrole!r} may not see other sessions (meta_api_roles)",
             )
 
-    def session_count(self, session: WampSession, args: list, kwargs: dict) -> int:
+    def session_count(self, session: Caller, args: list, kwargs: dict) -> int:
         self._may_see_sessions(session)
         roles = _arg(args, kwargs, 0, "filter_authroles", None)
         sessions = session.router.sessions
@@ -181,7 +193,7 @@ class MetaApi:
 
     # kills: WAMP meta API names, Crossbar.io's answers
     @staticmethod
-    def _may_kill(session: WampSession) -> None:
+    def _may_kill(session: Caller) -> None:
         if session.authrole not in session.router.policy.meta_roles:
             raise CallError(
                 wamp.ERROR_NOT_AUTHORIZED,
@@ -206,7 +218,7 @@ class MetaApi:
             raise CallError(wamp.ERROR_INVALID_ARGUMENT, f"{name} must be a non-empty string")
         return value
 
-    def session_kill(self, session: WampSession, args: list, kwargs: dict) -> None:
+    def session_kill(self, session: Caller, args: list, kwargs: dict) -> None:
         self._may_kill(session)
         target = _int(_arg(args, kwargs, 0, "session_id"), "session_id")
         reason, text = self._close_args(args, kwargs)
@@ -220,14 +232,14 @@ class MetaApi:
             )
         return None
 
-    def session_kill_by_authid(self, session: WampSession, args: list, kwargs: dict) -> list:
+    def session_kill_by_authid(self, session: Caller, args: list, kwargs: dict) -> list:
         self._may_kill(session)
         authid = self._name(args, kwargs, "authid")
         reason, text = self._close_args(args, kwargs)
         order = KillOrder(authid=authid, reason=reason, message=text, exclude=session.session_id)
         return session.router.kill(order)
 
-    def session_kill_by_authrole(self, session: WampSession, args: list, kwargs: dict) -> list:
+    def session_kill_by_authrole(self, session: Caller, args: list, kwargs: dict) -> list:
         self._may_kill(session)
         authrole = self._name(args, kwargs, "authrole")
         reason, text = self._close_args(args, kwargs)
@@ -236,7 +248,7 @@ class MetaApi:
         )
         return session.router.kill(order)
 
-    def subscription_list(self, session: WampSession, args: list, kwargs: dict) -> dict:
+    def subscription_list(self, session: Caller, args: list, kwargs: dict) -> dict:
         subs = session.router.broker.subscriptions()
         self._charge(session, len(subs))
         visible = session.router.policy.authorizer.subscribe_checker(session.identity())
@@ -246,7 +258,7 @@ class MetaApi:
                 out[sub.match].append(sub.id)
         return out
 
-    def subscription_lookup(self, session: WampSession, args: list, kwargs: dict) -> int | None:
+    def subscription_lookup(self, session: Caller, args: list, kwargs: dict) -> int | None:
         topic = _arg(args, kwargs, 0, "topic")
         options = _arg(args, kwargs, 1, "options", None) or {}
         if not isinstance(options, dict):
@@ -259,7 +271,7 @@ class MetaApi:
         sub = session.router.broker.lookup(topic, match)
         return sub.id if sub is not None and self._visible(session, sub) else None
 
-    def subscription_match(self, session: WampSession, args: list, kwargs: dict) -> Any:
+    def subscription_match(self, session: Caller, args: list, kwargs: dict) -> Any:
         topic = _arg(args, kwargs, 0, "topic")
         try:
             validate_topic(topic)
@@ -271,20 +283,20 @@ class MetaApi:
         ids = [sub.id for sub in subs if visible(sub.topic, sub.match)]
         return ids or None
 
-    def subscription_get(self, session: WampSession, args: list, kwargs: dict) -> dict:
+    def subscription_get(self, session: Caller, args: list, kwargs: dict) -> dict:
         sub = self._subscription(session, args, kwargs)
         return {"id": sub.id, "created": sub.created, "uri": sub.topic, "match": sub.match}
 
-    def list_subscribers(self, session: WampSession, args: list, kwargs: dict) -> list[int]:
+    def list_subscribers(self, session: Caller, args: list, kwargs: dict) -> list[int]:
         self._may_see_sessions(session)
         sub = self._subscription(session, args, kwargs)
         self._charge(session, len(sub.subscribers))
         return list(sub.subscribers)
 
-    def count_subscribers(self, session: WampSession, args: list, kwargs: dict) -> int:
+    def count_subscribers(self, session: Caller, args: list, kwargs: dict) -> int:
         return len(self._subscription(session, args, kwargs).subscribers)
 
-    def get_events(self, session: WampSession, args: list, kwargs: dict) -> Any:
+    def get_events(self, session: Caller, args: list, kwargs: dict) -> Any:
         sub = self._subscription(session, args, kwargs)
         limit = _int(_arg(args, kwargs, 1, "limit", 10), "limit")
         history = session.router.history
@@ -307,7 +319,7 @@ class MetaApi:
 
         return history.get_events(session, sub, limit).addBoth(done)
 
-    def position(self, session: WampSession, args: list, kwargs: dict) -> Any:
+    def position(self, session: Caller, args: list, kwargs: dict) -> Any:
         history = session.router.history
         if history is None:
             raise CallError(ERROR_HISTORY_UNAVAILABLE, "this router keeps no event history")

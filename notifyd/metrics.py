@@ -23,6 +23,8 @@ notifyd_amqp_rejected_total                counter reason (``bad_json``, ``too_l
 notifyd_client_publishes_total             counter result (``ok``, ``refused``)
 notifyd_amqp_reconnects_total              counter
 notifyd_sessions_opened_total              counter
+notifyd_sessions_closed_total              counter
+notifyd_subscribes_refused_total           counter
 notifyd_sessions_refused_total             counter
 notifyd_sessions_expired_total             counter
 notifyd_auth_failures_total                counter
@@ -66,6 +68,11 @@ _PLAIN_COUNTERS = {
     "events_received": ("notifyd_events_received", "AMQP deliveries decoded as events"),
     "events_delivered": ("notifyd_events_delivered", "EVENT messages written to sessions"),
     "sessions_opened": ("notifyd_sessions_opened", "WAMP sessions established"),
+    "sessions_closed": ("notifyd_sessions_closed", "WAMP sessions ended (any reason)"),
+    "subscribes_refused": (
+        "notifyd_subscribes_refused",
+        "SUBSCRIBEs refused because no rule of the session's role allows them",
+    ),
     "sessions_refused": ("notifyd_sessions_refused", "HELLOs answered with ABORT"),
     "sessions_expired": (
         "notifyd_sessions_expired",

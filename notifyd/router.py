@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from autobahn.util import id as random_id
 from prometheus_client import Histogram
@@ -24,8 +24,19 @@ from notifyd.events import BadEvent, Publication, decode_delivery, publication_i
 from notifyd.history import CLOSE_RESUME_FAILED
 from notifyd.logs import Logger
 
-if TYPE_CHECKING:
-    from notifyd.session import WampSession
+
+class SessionHandle(Protocol):
+    """What the router needs of a session (a
+    :class:`notifyd.session.SessionHandle`; the router never imports it)."""
+
+    session_id: int
+    authid: str | None
+    authrole: str | None
+    authextra: dict[str, Any]
+
+    def shutdown(self, reason: str = ...) -> None: ...
+
+    def kill(self, reason: str, message: str | None = None) -> None: ...
 
 
 class PublishUnavailable(Exception):
@@ -118,7 +129,7 @@ class Router:
         self.broker = broker
         self.policy = policy
         self.publisher = publisher
-        self.sessions: dict[int, WampSession] = {}
+        self.sessions: dict[int, SessionHandle] = {}
         self.stats = stats if stats is not None else Stats()
         #: the event log (notifyd.history.History), if topics keep history
         self.history: Any = None
@@ -137,11 +148,11 @@ class Router:
             if sid not in self.sessions:
                 return sid
 
-    def attach(self, session: WampSession) -> None:
+    def attach(self, session: SessionHandle) -> None:
         self.sessions[session.session_id] = session
         self.stats.inc("sessions_opened")
 
-    def detach(self, session: WampSession) -> None:
+    def detach(self, session: SessionHandle) -> None:
         if self.sessions.pop(session.session_id, None) is not None:
             self.broker.detach(session)
             self.stats.inc("sessions_closed")

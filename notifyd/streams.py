@@ -38,6 +38,7 @@ from pika.exceptions import ChannelClosedByBroker, ConsumerCancelled
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.python.failure import Failure
 
+from notifyd.compat import consume_directly
 from notifyd.logs import Logger
 
 MARKER_HEADER = "x-notifyd-marker"
@@ -54,36 +55,16 @@ class LogUnavailable(Exception):
     """RabbitMQ (or the stream) is not reachable right now."""
 
 
-def consume_directly(
-    queue: Any, handler: Callable[[Any], Any], cancelled: Callable[[], Any] | None = None
-) -> None:
-    """Hand every message of a pika consumer queue
-    (:class:`~pika.adapters.twisted_connection.ClosableDeferredQueue`) to
-    ``handler`` as it arrives, instead of one Deferred per message: the
-    hot path's fixed cost per delivery.  ``handler`` must not raise.
-    ``cancelled()`` is called if RabbitMQ cancels the consumer (its queue was
-    deleted, say), which pika reports only by closing the queue."""
-    pending = list(queue.pending)
-    del queue.pending[:]
-    queue.put = handler
-    if cancelled is not None:
-        close = queue.close
+def reconnect_when_cancelled(conn: Any, what: str) -> Callable[[Any], None]:
+    """A ``cancelled`` callback for :func:`notifyd.compat.consume_directly`:
+    when RabbitMQ cancels the consumer (its queue was deleted, say), log it
+    and close the connection, so that the service reconnects and declares
+    again.  (A queue closed with its channel needs nothing: the connection's
+    own loss is handled elsewhere.)"""
 
-        def closing(reason: Any) -> None:
-            close(reason)
-            if isinstance(reason, ConsumerCancelled):
-                cancelled()
-
-        queue.close = closing
-    for msg in pending:
-        handler(msg)
-
-
-def reconnect_when_cancelled(conn: Any, what: str) -> Callable[[], None]:
-    """A ``cancelled`` callback for :func:`consume_directly`: log it and close
-    the connection, so that the service reconnects and declares again."""
-
-    def cancelled() -> None:
+    def cancelled(reason: Any) -> None:
+        if not isinstance(reason, ConsumerCancelled):
+            return
         _log.warn("RabbitMQ cancelled the consumer of {what}; reconnecting", what=what)
         if conn.is_open:
             conn.close()

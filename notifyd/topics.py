@@ -121,23 +121,6 @@ def matches(uri: str, match: str, topic: str) -> bool:
     raise InvalidTopic(f"unknown match policy {match!r}")
 
 
-def amqp_matches(key: str, routing_key: str) -> bool:
-    """AMQP topic-exchange semantics, for tests and documentation."""
-    k = key.split(".")
-    r = routing_key.split(".")
-
-    def go(i: int, j: int) -> bool:
-        if i == len(k):
-            return j == len(r)
-        if k[i] == "#":
-            return any(go(i + 1, jj) for jj in range(j, len(r) + 1))
-        if j == len(r):
-            return False
-        return (k[i] == "*" or k[i] == r[j]) and go(i + 1, j + 1)
-
-    return go(0, 0)
-
-
 def _amqp_regex(key: str) -> str:
     out = []
     for word in key.split("."):

@@ -10,14 +10,22 @@ per serializer and a frame once per serializer, however many sessions get it.
 from __future__ import annotations
 
 from json import dumps as _json_dumps
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from autobahn.wamp import message
 from autobahn.wamp.role import RoleBrokerFeatures
 
 if TYPE_CHECKING:
-    from notifyd.broker import Subscription
     from notifyd.events import InboundEvent
+
+
+class EventTarget(Protocol):
+    """What an EVENT needs of its subscription (a
+    :class:`notifyd.broker.Subscription`): its id and match policy."""
+
+    id: int
+    match: str
+
 
 # Standard error and close URIs used by notifyd.
 ERROR_INVALID_URI = "wamp.error.invalid_uri"
@@ -100,7 +108,7 @@ class NotifydEvent(message.Event):
         )
 
 
-def make_event(sub: Subscription, event: InboundEvent) -> NotifydEvent:
+def make_event(sub: EventTarget, event: InboundEvent) -> NotifydEvent:
     """The EVENT message of ``event`` for subscription ``sub``."""
     return NotifydEvent(
         subscription=sub.id,

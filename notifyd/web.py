@@ -452,7 +452,22 @@ class ListenService(Service):
         super().startService()
         d = serverFromString(self._reactor, self.description).listen(self.factory)
         failures: list[Any] = []
-        d.addCallbacks(self._listening, failures.append)
+        started = [False]
+
+        def failed(f: Any) -> None:
+            if not started[0]:
+                failures.append(f)  # raised below: twistd reports it and exits
+                return
+            # an endpoint that fails later (a name to resolve, say): a node
+            # that cannot listen is no node; stop rather than run deaf
+            self._log.failure(
+                "cannot listen on {description}; stopping", f, description=self.description
+            )
+            if self._reactor.running:
+                self._reactor.stop()
+
+        d.addCallbacks(self._listening, failed)
+        started[0] = True
         if failures:
             failures[0].raiseException()
 

@@ -75,8 +75,8 @@ from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.tcp import Server as _TCPServer
 
+from notifyd import compat
 from notifyd.logs import Logger
 from notifyd.router import Router
 from notifyd.session import WampSession
@@ -102,7 +102,7 @@ class _Flusher:
     An AMQP read often carries many deliveries; queueing their frames per
     connection and writing them at the end of the turn makes one ``send``
     per connection per turn, however many events it got, and a lone event
-    costs one ``send`` too (see :func:`_write`)."""
+    costs one ``send`` too (see :func:`notifyd.compat.fast_write`)."""
 
     def __init__(self, clock: Any) -> None:
         self._clock = clock
@@ -187,7 +187,7 @@ class WampServerProtocol(WebSocketServerProtocol):
             if proto in self.factory.serializers:
                 self.subprotocol = proto
                 self._wamp_serializer = self.factory.serializers[proto]
-                self._object_serializer = self._wamp_serializer._serializer
+                self._object_serializer = compat.object_serializer(self._wamp_serializer)
                 return proto, {}
         raise ConnectionDeny(
             ConnectionDeny.BAD_REQUEST,
@@ -241,7 +241,7 @@ class WampServerProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self.session = WampSession(self.factory.router, self, peer=self.peer)
         self._hello_timer = self.factory.clock.callLater(self.factory.hello_timeout, self._no_hello)
-        _compact(self)
+        compat.compact(self, {"_hello_timer": None})
 
     def _no_hello(self) -> None:
         self._hello_timer = None
@@ -317,9 +317,10 @@ class WampServerProtocol(WebSocketServerProtocol):
             return
         self.sendMessage(payload, is_binary)
         if type(msg) is Welcome:
-            # authenticated: the full max_message_size applies from now on
-            self.__dict__.pop("maxMessagePayloadSize", None)
-            self.__dict__.pop("maxFramePayloadSize", None)
+            # authenticated: the full max_message_size (the class's) applies
+            for limit in ("maxMessagePayloadSize", "maxFramePayloadSize"):
+                if limit in vars(self):
+                    delattr(self, limit)
 
     def _over_budget(self, size: int) -> bool:
         self.backlog += size
@@ -380,7 +381,7 @@ class WampServerProtocol(WebSocketServerProtocol):
             return
         if self.paused and self._over_budget(len(frame.payloadHybi)):
             return
-        if self._perMessageCompress is None and not self.send_queue:
+        if not self.send_queue and not compat.compressing(self):
             out = self._out
             if out is None:
                 self._out = [frame.payloadHybi]
@@ -394,7 +395,7 @@ class WampServerProtocol(WebSocketServerProtocol):
         """Write the EVENT frames queued this reactor turn, in one piece."""
         out, self._out = self._out, None
         if out is not None and self.state == self.STATE_OPEN:
-            _write(self.transport, out[0] if len(out) == 1 else b"".join(out))
+            compat.fast_write(self.transport, out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
         if self.state == self.STATE_OPEN:
@@ -405,121 +406,7 @@ class WampServerProtocol(WebSocketServerProtocol):
             self.dropConnection(abort=True)
 
 
-class _SendQueue(list):
-    """autobahn's send queue (for chopped or synchronous sends, which notifyd
-    does not use): an empty list is a tenth of an empty ``deque``."""
-
-    __slots__ = ()
-
-    def popleft(self) -> Any:
-        return self.pop(0)
-
-
-#: what the opening handshake leaves on autobahn's protocol and nothing reads
-#: once the connection is open
-_HANDSHAKE_ONLY = (
-    "http_headers",
-    "http_request_data",
-    "http_response_data",
-    "http_request_host",
-    "http_request_params",
-    "http_request_path",
-    "http_request_uri",
-    "http_status_line",
-    "websocket_extensions",
-    "websocket_protocols",
-    "websocket_origin",
-    "_wskey",
-)
-#: autobahn state that stays at its initial value on an idle connection: an
-#: instance attribute equal to the class attribute is dropped
-_AT_REST = {
-    "_hello_timer": None,
-    "_isMessageCompressed": False,
-    "_perMessageCompress": None,
-    "autoPingPending": None,
-    "autoPingPendingSent": None,
-    "autoPingPendingSeq": 0,
-    "autoPingTimeoutCall": None,
-    "closeHandshakeTimeoutCall": None,
-    "closedByMe": False,
-    "current_frame": None,
-    "droppedByMe": False,
-    "failedByMe": False,
-    "frame_data": None,
-    "inside_message": False,
-    "localCloseCode": None,
-    "localCloseReason": None,
-    "message_data": None,
-    "message_is_binary": False,
-    "openHandshakeTimeoutCall": None,
-    "remoteCloseCode": None,
-    "remoteCloseReason": None,
-    "send_state": 0,
-    "trackedTimings": None,
-    "triggered": False,
-    "utf8validateIncomingCurrentMessage": True,
-    "wasClean": False,
-    "wasCloseHandshakeTimeout": False,
-    "wasMaxFramePayloadSizeExceeded": False,
-    "wasMaxMessagePayloadSizeExceeded": False,
-    "wasNotCleanReason": None,
-    "wasOpenHandshakeTimeout": False,
-    "wasServerConnectionDropTimeout": False,
-    "wasServingFlashSocketPolicyFile": False,
-    "websocket_version": 13,  # RFC 6455; read on every frame, so it stays
-}
-for _name, _value in _AT_REST.items():
-    setattr(WampServerProtocol, _name, _value)
-
-
-def _compact(proto: WampServerProtocol) -> None:
-    """Shrink an open connection: memory per idle session is what scales.
-
-    autobahn keeps about 70 attributes per connection, too many for
-    CPython's shared-key instance dicts.  Values at rest move to the class
-    (see :data:`_AT_REST`), the handshake's leftovers go, and the dict is
-    rebuilt at its new size; autobahn sees the same values as before.
-    """
-    d = proto.__dict__
-    for name in _HANDSHAKE_ONLY:
-        d.pop(name, None)
-    for name, value in _AT_REST.items():
-        if name in d and d[name] is value:
-            del d[name]
-    d.pop("trafficStats", None)
-    if not proto.send_queue:
-        proto.send_queue = _SendQueue()
-    proto.__dict__ = dict(d)
-
-
-def _write(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, but for a plain TCP connection with nothing
-    buffered, try the socket first: one ``send`` instead of buffering,
-    registering for writability, sending and unregistering (three syscalls
-    per connection per reactor turn).  Whatever the socket does not take goes
-    through ``transport.write`` as usual, so ordering, flow control
-    (producers) and error handling stay Twisted's.  TLS and other transports
-    always take the normal path."""
-    if (
-        type(transport) is _TCPServer
-        and not transport.TLS
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            sent = 0  # let Twisted see the error on its own write
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
+compat.at_rest_on(WampServerProtocol)
 
 
 def _as_class_attr(value: Any) -> Any:

@@ -17,6 +17,30 @@ os.environ.setdefault("NOTIFYD_DEV_AMQP_PORT", "56730")
 os.environ.setdefault("NOTIFYD_DEV_NODENAME", "notifyd-test")
 
 
+#: fixtures that need RabbitMQ, Node or a browser: tests using them are
+#: end-to-end (marker ``e2e``); ``make unit`` runs the others
+E2E_FIXTURES = {"rabbit", "spawn", "publisher", "system", "stream", "cluster"}
+#: test modules that run real processes without those fixtures
+E2E_MODULES = {
+    "test_notifyd_js",
+    "test_browser",
+    "test_conformance",
+    "test_haproxy",
+    "test_devbroker_cluster",
+}
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", "e2e: needs RabbitMQ, Node or a browser (make test)")
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())) or module in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def rabbit() -> Any:
     """The test suite's private RabbitMQ node (started if it is not running)."""

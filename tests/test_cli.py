@@ -118,8 +118,12 @@ def test_config_file_and_flags(spawn, rabbit, exchange, publisher):
         f.write(f'amqp_url = "{rabbit.url}"\nrealm = "from.file"\nallow_anonymous = true\n')
     try:
         node = yield spawn.notifyd("--config", f.name, "--realm", "from.flag")
-        client = yield spawn.js(node.url, realm="from.flag")
-        yield client.subscribe("s", "a.b")
+        client = yield spawn.js(node.url, realm="from.flag")  # the flag wins
+        r = yield client.subscribe("s", "a.b")
+        assert r["ev"] == "subscribed", r
+        refused = yield spawn.js(node.url, realm="from.file", expect_open=False)
+        r = refused.reports[-1]
+        assert r["ev"] == "close" and r["details"]["reason"] == "wamp.error.no_such_realm", r
     finally:
         os.unlink(f.name)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from notifyd import websocket
+from notifyd import compat
 
 
 class Sock:
@@ -38,39 +38,39 @@ class Transport:
 
 @pytest.fixture(autouse=True)
 def plain_tcp(monkeypatch):
-    monkeypatch.setattr(websocket, "_TCPServer", Transport)
+    monkeypatch.setattr(compat, "TCP_SERVER", Transport)
 
 
 def test_a_socket_that_takes_everything_is_written_once():
     t = Transport(takes=100)
-    websocket._write(t, b"frame")
+    compat.fast_write(t, b"frame")
     assert t.socket.sent == b"frame" and t.written == b""
 
 
 def test_the_rest_of_a_partial_send_is_buffered_in_order():
     t = Transport(takes=2)
-    websocket._write(t, b"frame")
+    compat.fast_write(t, b"frame")
     assert t.socket.sent == b"fr" and t.written == b"ame"
 
 
 @pytest.mark.parametrize("error", [BlockingIOError(), ConnectionResetError()])
 def test_errors_leave_the_data_to_twisted(error):
     t = Transport(takes=error)
-    websocket._write(t, b"frame")
+    compat.fast_write(t, b"frame")
     assert t.written == b"frame"
 
 
 def test_nothing_overtakes_data_twisted_still_holds():
     t = Transport(takes=100, buffered=b"older")
-    websocket._write(t, b"newer")
+    compat.fast_write(t, b"newer")
     assert t.socket.sent == b"" and t.written == b"newer"
     t = Transport(takes=100)
     t._tempDataBuffer = [b"older"]
-    websocket._write(t, b"newer")
+    compat.fast_write(t, b"newer")
     assert t.socket.sent == b"" and t.written == b"newer"
     t = Transport(takes=100)
     t.disconnecting = True
-    websocket._write(t, b"late")
+    compat.fast_write(t, b"late")
     assert t.socket.sent == b"" and t.written == b"late"
 
 
@@ -79,5 +79,19 @@ def test_other_transports_always_take_the_normal_path():
         pass
 
     t = TLS(takes=100)
-    websocket._write(t, b"frame")
+    compat.fast_write(t, b"frame")
+    assert t.socket.sent == b"" and t.written == b"frame"
+
+
+def test_a_tls_connection_always_goes_through_twisted():
+    t = Transport(takes=100)
+    t.TLS = True
+    compat.fast_write(t, b"frame")
+    assert t.socket.sent == b"" and t.written == b"frame"
+
+
+def test_without_the_private_details_every_write_goes_through_twisted(monkeypatch):
+    monkeypatch.setattr(compat, "TCP_SERVER", None)
+    t = Transport(takes=100)
+    compat.fast_write(t, b"frame")
     assert t.socket.sent == b"" and t.written == b"frame"

@@ -13,12 +13,28 @@ from notifyd.topics import (
     PatternSet,
     amqp_contains,
     amqp_intersects,
-    amqp_matches,
     binding_key,
     matches,
     validate_pattern,
     validate_topic,
 )
+
+
+def amqp_matches(key: str, routing_key: str) -> bool:
+    """AMQP topic-exchange semantics (the reference the faster code is checked against)."""
+    k = key.split(".")
+    r = routing_key.split(".")
+
+    def go(i: int, j: int) -> bool:
+        if i == len(k):
+            return j == len(r)
+        if k[i] == "#":
+            return any(go(i + 1, jj) for jj in range(j, len(r) + 1))
+        if j == len(r):
+            return False
+        return (k[i] == "*" or k[i] == r[j]) and go(i + 1, j + 1)
+
+    return go(0, 0)
 
 
 @pytest.mark.parametrize(
@@ -118,7 +134,7 @@ _ROUTING_KEYS = [
 ]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(outer=_KEYS, inner=_KEYS)
 def test_amqp_contains_agrees_with_brute_force(outer, inner):
     """Containment of binding keys (which subscriptions the event log serves

@@ -45,6 +45,8 @@
   "use strict";
 
   var STATES = ["connecting", "live", "reconnecting", "closed"];
+  // message ids remembered per subscription to drop repeated events
+  var SEEN_IDS = 1000;
   // publication ids below this are event-log positions (see docs/history.md)
   var LOG_ID_LIMIT = Math.pow(2, 51);
   var NOT_RECOVERED = "notifyd.error.not_recovered";
@@ -459,6 +461,16 @@
     var pub = details.publication;
     if (!details.retained && typeof pub === "number" && pub < LOG_ID_LIMIT) {
       w.last = pub; // a log position: where a resume starts
+    }
+    // an event the log holds twice (a writer died before its ack; see
+    // docs/history.md) has the same message_id: show it once
+    var mid = details.x_message_id;
+    if (typeof mid === "string" && mid) {
+      var seen = w.seen || (w.seen = { ids: {}, order: [] });
+      if (seen.ids[mid]) { return; }
+      seen.ids[mid] = true;
+      seen.order.push(mid);
+      if (seen.order.length > SEEN_IDS) { delete seen.ids[seen.order.shift()]; }
     }
     var event = {
       topic: details.topic || w.topic,

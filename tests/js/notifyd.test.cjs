@@ -346,3 +346,37 @@ test("a position the router could not give now is asked again by the next sessio
   assert.deepEqual(c2.session.calls, ["notifyd.history.position"]);
   assert.deepEqual(c2.session.subscribes.map((x) => x.options), [{ _resume_after: 40 }]);
 });
+
+test("an event repeated with the same message_id is shown once, its position still kept", async () => {
+  const ab = fakeAutobahn();
+  const n = connect(ab);
+  const got = [];
+  n.on("event", (e) => got.push(e.publication));
+  const w = n.subscribe("invoice.sent");
+  const s = ab.connections[0].join(1);
+  await settle();
+  const h = s.handlers["invoice.sent"];
+  h([1], {}, { publication: 7, x_message_id: "m-1" });
+  h([1], {}, { publication: 9, x_message_id: "m-1" }); // the log's second copy
+  h([2], {}, { publication: 10, x_message_id: "m-2" });
+  h([3], {}, { publication: 11 }); // no message_id: always shown
+  h([3], {}, { publication: 12 });
+  assert.deepEqual(got, [7, 10, 11, 12]);
+  assert.equal(n._wanted[0].last, 12);
+  assert.ok(w);
+});
+
+test("a revoked session (GOODBYE wamp.close.killed) does not reconnect", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const ab = fakeAutobahn();
+  const n = connect(ab);
+  const states = [];
+  n.on("state", (s, info) => states.push([s, info.wampReason || null]));
+  n.subscribe("invoice.sent");
+  ab.connections[0].join(1);
+  await settle();
+  ab.connections[0].lose("closed", { reason: "wamp.close.killed" });
+  t.mock.timers.tick(60000);
+  assert.equal(ab.connections.length, 1);
+  assert.deepEqual(states.at(-1), ["closed", "wamp.close.killed"]);
+});

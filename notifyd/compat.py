@@ -1,0 +1,295 @@
+"""
+Every reach into a library's private internals, in one place.
+
+notifyd's hot path and its memory per idle session lean on a few details of
+Twisted, Autobahn and pika that their public APIs do not expose.  Each one
+lives here, with the version it was checked against, a check of the
+assumption made once when the module is imported (if it no longer holds, the
+public path is used and :data:`FALLBACKS` says why), and a test in
+``tests/test_compat.py``.  No other notifyd module touches an underscore
+attribute of these libraries (``tests/test_architecture.py`` checks that).
+
+=======================  ============================================  =========================
+helper                   private detail                                fallback
+=======================  ============================================  =========================
+:func:`fast_write`       ``twisted.internet.tcp.Server``'s             ``transport.write``
+                         ``dataBuffer``, ``_tempDataBuffer``,
+                         ``_writeDisconnected`` and ``socket``
+                         (Twisted 26.10)
+:func:`object_serializer`  autobahn's ``Serializer._serializer``       a new object serializer of
+                         (autobahn 26.11)                              the same class
+:func:`compressing`      autobahn's ``_perMessageCompress``            "maybe": frames go through
+                         (autobahn 26.11)                              ``sendPreparedMessage``
+:func:`compact`          autobahn's per-connection attributes at       no compaction (about 3 KB
+                         rest (:data:`AT_REST`) and the handshake's    more per idle session)
+                         leftovers (autobahn 26.11)
+:func:`consume_directly`  pika's ``ClosableDeferredQueue`` ``put``,    one ``queue.get()``
+                         ``pending`` and ``close`` (pika 1.4.4)         Deferred per message
+=======================  ============================================  =========================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+#: why a helper uses its public fallback (empty when every assumption holds)
+FALLBACKS: dict[str, str] = {}
+
+
+# -- Twisted: the direct socket send --------------------------------------------------
+def _tcp_server_class() -> Any:
+    from twisted.internet.tcp import Server
+
+    # Twisted 26.10 (src/twisted/internet/abstract.py FileDescriptor and
+    # tcp.Connection): these are the attributes write() consults
+    probe = Server.__new__(Server)
+    try:
+        from twisted.internet.abstract import FileDescriptor
+
+        FileDescriptor.__init__(probe)
+        for name in ("dataBuffer", "_tempDataBuffer", "connected", "disconnecting"):
+            getattr(probe, name)
+        if not hasattr(Server, "_writeDisconnected") and not hasattr(probe, "_writeDisconnected"):
+            raise AttributeError("_writeDisconnected")
+    except Exception as e:
+        FALLBACKS["fast_write"] = f"twisted.internet.tcp.Server changed ({e!r})"
+        return None
+    return Server
+
+
+TCP_SERVER: Any = _tcp_server_class()
+
+
+def fast_write(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, but for a plain TCP connection with nothing
+    buffered, try the socket first: one ``send`` instead of buffering,
+    registering for writability, sending and unregistering (three syscalls
+    per connection per reactor turn).  Whatever the socket does not take goes
+    through ``transport.write`` as usual, so ordering, flow control
+    (producers) and error handling stay Twisted's.  TLS and other transports
+    always take the normal path."""
+    if (
+        TCP_SERVER is not None
+        and type(transport) is TCP_SERVER
+        and not transport.TLS
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # let Twisted see the error on its own write
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+# -- Autobahn: serializers and compression ------------------------------------------------
+def object_serializer(wamp_serializer: Any) -> Any:
+    """The object serializer (bytes ⇄ lists) inside an autobahn WAMP
+    serializer: ``unserialize`` of a frame without building messages."""
+    inner = getattr(wamp_serializer, "_serializer", None)  # autobahn 26.11
+    if inner is not None and hasattr(inner, "unserialize"):
+        return inner
+    FALLBACKS["object_serializer"] = "autobahn's Serializer._serializer is gone"
+    from autobahn.wamp import serializer as s
+
+    for wamp_cls, object_cls in (
+        (s.JsonSerializer, s.JsonObjectSerializer),
+        (s.MsgPackSerializer, s.MsgPackObjectSerializer),
+        (s.CBORSerializer, s.CBORObjectSerializer),
+    ):
+        if isinstance(wamp_serializer, wamp_cls):
+            return object_cls()
+    raise TypeError(f"no object serializer for {type(wamp_serializer).__name__}")
+
+
+def compressing(proto: Any) -> bool:
+    """Does this autobahn connection compress messages (permessage-deflate)?
+    Unknown counts as yes, so that frames take autobahn's own path."""
+    return getattr(proto, "_perMessageCompress", True) is not None  # autobahn 26.11
+
+
+#: what the opening handshake leaves on autobahn's protocol and nothing reads
+#: once the connection is open (autobahn 26.11, websocket/protocol.py)
+HANDSHAKE_ONLY = (
+    "http_headers",
+    "http_request_data",
+    "http_response_data",
+    "http_request_host",
+    "http_request_params",
+    "http_request_path",
+    "http_request_uri",
+    "http_status_line",
+    "websocket_extensions",
+    "websocket_protocols",
+    "websocket_origin",
+    "_wskey",
+)
+#: autobahn state that stays at its initial value on an idle connection
+#: (autobahn 26.11): an instance attribute equal to the class attribute the
+#: protocol class gets from :func:`at_rest_on` is dropped by :func:`compact`
+AT_REST: dict[str, Any] = {
+    "_isMessageCompressed": False,
+    "_perMessageCompress": None,
+    "autoPingPending": None,
+    "autoPingPendingSent": None,
+    "autoPingPendingSeq": 0,
+    "autoPingTimeoutCall": None,
+    "closeHandshakeTimeoutCall": None,
+    "closedByMe": False,
+    "current_frame": None,
+    "droppedByMe": False,
+    "failedByMe": False,
+    "frame_data": None,
+    "inside_message": False,
+    "localCloseCode": None,
+    "localCloseReason": None,
+    "message_data": None,
+    "message_is_binary": False,
+    "openHandshakeTimeoutCall": None,
+    "remoteCloseCode": None,
+    "remoteCloseReason": None,
+    "send_state": 0,
+    "trackedTimings": None,
+    "triggered": False,
+    "utf8validateIncomingCurrentMessage": True,
+    "wasClean": False,
+    "wasCloseHandshakeTimeout": False,
+    "wasMaxFramePayloadSizeExceeded": False,
+    "wasMaxMessagePayloadSizeExceeded": False,
+    "wasNotCleanReason": None,
+    "wasOpenHandshakeTimeout": False,
+    "wasServerConnectionDropTimeout": False,
+    "wasServingFlashSocketPolicyFile": False,
+    "websocket_version": 13,  # RFC 6455; read on every frame, so it stays
+}
+
+
+def _autobahn_sets_at_rest() -> bool:
+    """Does autobahn still set these attributes per connection?  (If one
+    was renamed, dropping it would hide nothing, but a value that moved
+    elsewhere could be lost: then compaction is off.)"""
+    import inspect
+
+    from autobahn.websocket import protocol
+
+    try:
+        source = inspect.getsource(protocol)
+    except (OSError, TypeError):
+        FALLBACKS["compact"] = "autobahn's source cannot be read to check its attributes"
+        return False
+    missing = [n for n in (*AT_REST, *HANDSHAKE_ONLY) if re.search(rf"self\.{n}\b", source) is None]
+    if missing:
+        FALLBACKS["compact"] = f"autobahn no longer sets {', '.join(missing)}"
+        return False
+    return True
+
+
+COMPACT = _autobahn_sets_at_rest()
+
+
+def at_rest_on(cls: type) -> None:
+    """Give ``cls`` the values of :data:`AT_REST` as class attributes."""
+    if COMPACT:
+        for name, value in AT_REST.items():
+            setattr(cls, name, value)
+
+
+class SendQueue(list):
+    """autobahn's send queue (for chopped or synchronous sends, which notifyd
+    does not use): an empty list is a tenth of an empty ``deque``."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+def compact(proto: Any, also: dict[str, Any] | None = None) -> None:
+    """Shrink an open connection: memory per idle session is what scales.
+
+    autobahn keeps about 70 attributes per connection, too many for
+    CPython's shared-key instance dicts.  Values at rest move to the class
+    (see :data:`AT_REST`; ``also``: the caller's own attributes at rest),
+    the handshake's leftovers go, and the dict is rebuilt at its new size;
+    autobahn sees the same values as before."""
+    if not COMPACT:
+        return
+    d = vars(proto)
+    for name in HANDSHAKE_ONLY:
+        d.pop(name, None)
+    for name, value in (*AT_REST.items(), *(also or {}).items()):
+        if name in d and d[name] is value:
+            del d[name]
+    d.pop("trafficStats", None)
+    if not proto.send_queue:
+        proto.send_queue = SendQueue()
+    proto.__dict__ = dict(d)
+
+
+# -- pika: one callback per message --------------------------------------------------------
+def _pika_queue_fits() -> bool:
+    from pika.adapters.twisted_connection import ClosableDeferredQueue
+
+    q = ClosableDeferredQueue()
+    ok = isinstance(getattr(q, "pending", None), list) and callable(getattr(q, "close", None))
+    if not ok:
+        FALLBACKS["consume_directly"] = "pika's ClosableDeferredQueue changed"
+    return ok
+
+
+DIRECT_CONSUME = _pika_queue_fits()
+
+
+def consume_directly(
+    queue: Any,
+    handler: Callable[[Any], Any],
+    cancelled: Callable[[Any], Any] | None = None,
+) -> None:
+    """Hand every message of a pika consumer queue
+    (:class:`~pika.adapters.twisted_connection.ClosableDeferredQueue`) to
+    ``handler`` as it arrives, instead of one Deferred per message: the hot
+    path's fixed cost per delivery.  ``handler`` must not raise.
+    ``cancelled(reason)`` is called when pika closes the queue (RabbitMQ
+    cancelled the consumer, or the channel closed)."""
+    if not DIRECT_CONSUME:
+        _consume_with_get(queue, handler, cancelled)
+        return
+    pending = list(queue.pending)
+    del queue.pending[:]
+    queue.put = handler
+    close = getattr(queue, "close", None)
+    if cancelled is not None and close is not None:
+
+        def closing(reason: Any) -> None:
+            close(reason)
+            cancelled(reason)
+
+        queue.close = closing
+    for msg in pending:
+        handler(msg)
+
+
+def _consume_with_get(
+    queue: Any, handler: Callable[[Any], Any], cancelled: Callable[[Any], Any] | None
+) -> None:
+    """The public path: ``queue.get()`` in a loop."""
+
+    def got(msg: Any) -> None:
+        handler(msg)
+        queue.get().addCallbacks(got, lost)
+
+    def lost(f: Any) -> None:
+        if cancelled is not None:
+            cancelled(f.value)
+
+    queue.get().addCallbacks(got, lost)
