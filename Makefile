@@ -114,7 +114,7 @@ demo: setup demo-kill
 	  --allow-anonymous --allow-publish demo. --history '#'
 	@$(PY) -m notifyd.devbroker wait-http http://127.0.0.1:$(DEMO_PORT)/readyz || \
 	  { echo "notifyd did not become ready; see $(RUN)/notifyd.log"; exit 1; }
-	@nohup $(VENV)/bin/notifyd-publish --amqp-url '$(AMQP_URL)' --demo --rate 0.5 \
+	@nohup $(VENV)/bin/notifyd-publish --amqp-url '$(AMQP_URL)' --logged '#' --demo --rate 0.5 \
 	  > $(RUN)/publisher.log 2>&1 & echo $$! > $(RUN)/publisher.pid
 	@echo
 	@echo "  notifyd is running and sample invoice events are being published."
