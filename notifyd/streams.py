@@ -28,7 +28,6 @@ so a reader skips entries below it; every delivery carries its offset in the
 
 from __future__ import annotations
 
-import datetime
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -218,10 +217,12 @@ class StreamLog:
 
     @inlineCallbacks
     def _tail_now(self, conn: Any, publish_channel: Any) -> Any:
-        """Write a marker and read it back from the stream's recent end, on
-        a channel of its own: the newest offset, whatever this node knew."""
+        """Write a marker and read the stream from its last chunk, on a
+        channel of its own: the marker's offset if the stream ends below
+        this node's position, else the position itself (nothing to report).
+        Reading from the last chunk keeps this cheap on a busy stream."""
         token = uuid.uuid4().hex
-        since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=60)
+        position = self.live_pos
         yield publish_channel.basic_publish(
             exchange="",
             routing_key=self.name,
@@ -232,15 +233,17 @@ class StreamLog:
         try:
             yield channel.basic_qos(prefetch_count=self.prefetch)
             queue, _tag = yield channel.basic_consume(
-                queue=self.name, auto_ack=False, arguments={OFFSET_HEADER: since}
+                queue=self.name, auto_ack=False, arguments={OFFSET_HEADER: "last"}
             )
             while True:
                 msg = yield queue.get().addTimeout(self.probe_timeout, self._reactor)
                 channel.basic_ack(msg.method.delivery_tag)
                 headers = msg.properties.headers or {}
-                marker = headers.get(MARKER_HEADER)
-                if marker in (token, token.encode()):
-                    return headers[OFFSET_HEADER]
+                offset = headers.get(OFFSET_HEADER, -1)
+                if offset >= position:
+                    return position  # the stream reaches where this node was
+                if headers.get(MARKER_HEADER) in (token, token.encode()):
+                    return offset  # it ends below: a new stream
         finally:
             if channel.is_open:
                 channel.close()
