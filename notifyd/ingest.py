@@ -288,7 +288,7 @@ class LogWriter:
         )
 
 
-def props_body(event: InboundEvent) -> bytes:
+def _payload_bytes(event: InboundEvent) -> bytes:
     """The payload of ``event`` as bytes, for its digest."""
     if event.raw is not None:
         return event.raw
@@ -301,7 +301,7 @@ def _canonical_properties(event: InboundEvent, props: Any, logged: bool) -> Any:
     digest.update(event.topic.encode())
     digest.update(repr(sorted(headers.items())).encode())
     digest.update(repr(sorted(event.extra.items())).encode())
-    digest.update(props_body(event))
+    digest.update(_payload_bytes(event))
     headers[CHECKED_HEADER] = 1
     headers[DIGEST_HEADER] = digest.hexdigest()
     if logged:

@@ -272,11 +272,7 @@ class NotifydService(MultiService):
         if self.history is not None:
             self.amqp.history = self.history
             self.router.use_history(self.history)
-            self.history.log.on_entry = self._timed(self.router.on_log_entry)
-            if self.history.writer is not None:
-                self.history.log.on_entry = _also(
-                    self.history.writer.seen, self.history.log.on_entry
-                )
+            self.history.log.on_entry = self._on_log_entry()
         self.amqp.setServiceParent(self)
         self.ws_factory = WampServerFactory(
             self.router,
@@ -346,16 +342,23 @@ class NotifydService(MultiService):
             )
         )
 
-    def _timed(self, handler: Any) -> Any:
+    def _on_log_entry(self) -> Any:
+        """The event log's entry handler: the ingest step remembers the entry
+        (its duplicate check), the router fans it out, timed."""
         observe = self.router.stats.latency.observe
         clock = time.monotonic
+        fan_out = self.router.on_log_entry
+        writer = self.history.writer if self.history is not None else None
+        seen = writer.seen if writer is not None else None
 
-        def timed(offset: int, msg: Any) -> None:
+        def on_entry(offset: int, msg: Any) -> None:
+            if seen is not None:
+                seen(msg)
             started = clock()
-            handler(offset, msg)
+            fan_out(offset, msg)
             observe(clock() - started)
 
-        return timed
+        return on_entry
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -392,14 +395,6 @@ class NotifydService(MultiService):
         yield self.ws_factory.shutdown(self.settings.shutdown_timeout, self._reactor)
         yield MultiService.stopService(self)
         self._log.info("notifyd stopped: {n} deliveries acked in all", n=self.amqp.acked)
-
-
-def _also(first: Callable[[Any], Any], handler: Callable[[int, Any], Any]) -> Any:
-    def both(offset: int, msg: Any) -> None:
-        first(msg)
-        handler(offset, msg)
-
-    return both
 
 
 def makeService(options: Options, reactor: Any = None) -> NotifydService:

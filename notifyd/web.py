@@ -322,9 +322,13 @@ class _Channel(HTTPChannel):
         self.gate.opened(self.transport, getattr(self.transport.getPeer(), "host", None))
         self._arm()
 
-    def _arm(self) -> None:
+    def _disarm(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        self._timer = None
+
+    def _arm(self) -> None:
+        self._disarm()
         if not self._gone:
             self._timer = self.callLater(self.deadline, self._expired)
 
@@ -344,9 +348,7 @@ class _Channel(HTTPChannel):
     def upgraded(self) -> None:
         """The WebSocket took the transport: no HTTP deadline any more (the
         WebSocket has its own), and the gate slot goes with the transport."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._disarm()
 
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()
@@ -369,9 +371,7 @@ class _Channel(HTTPChannel):
 
     def connectionLost(self, reason: Any) -> None:
         self._gone = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._disarm()
         if self.transport is not None:
             self.gate.closed(self.transport)
         super().connectionLost(reason)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 from autobahn.wamp.serializer import (
     CBORObjectSerializer,
     CBORSerializer,
@@ -68,19 +69,9 @@ def test_compact_drops_values_at_rest_and_handshake_leftovers(monkeypatch):
     assert "http_headers" in vars(q)
 
 
-def test_consume_directly_hands_over_messages_and_reports_cancellation():
-    q = ClosableDeferredQueue()
-    q.put("early")
-    got, why = [], []
-    compat.consume_directly(q, got.append, why.append)
-    q.put("late")
-    assert got == ["early", "late"]
-    q.close(ConsumerCancelled())
-    assert len(why) == 1 and isinstance(why[0], ConsumerCancelled)
-
-
-def test_consume_directly_falls_back_to_get(monkeypatch):
-    monkeypatch.setattr(compat, "DIRECT_CONSUME", False)
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "fallback-get"])
+def test_consume_directly_hands_over_messages_and_reports_cancellation(monkeypatch, direct):
+    monkeypatch.setattr(compat, "DIRECT_CONSUME", direct)
     q = ClosableDeferredQueue()
     q.put("early")
     got, why = [], []
