@@ -75,14 +75,13 @@ from typing import Any
 import jwt
 
 from notifyd.topics import validate_topic
-
-ERROR_AUTHENTICATION_FAILED = "wamp.error.authentication_failed"
-ERROR_NOT_AUTHORIZED = "wamp.error.not_authorized"
+from notifyd.uris import ERROR_AUTHENTICATION_FAILED
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+
 ALGORITHMS = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
 
 

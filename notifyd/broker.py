@@ -31,13 +31,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from notifyd.bindings import Bindings
 from notifyd.events import InboundEvent
 from notifyd.logs import Logger
-from notifyd.topics import (
-    MATCH_EXACT,
-    MATCH_PREFIX,
-    MATCH_WILDCARD,
-    binding_key,
-    wildcard_matches,
-)
+from notifyd.topics import MATCH_EXACT, MATCH_PREFIX, MATCH_WILDCARD, binding_key, wildcard_matches
 from notifyd.wamp import make_event
 
 
@@ -64,8 +58,10 @@ class Subscription:
     topic: str
     match: str
     key: str
-    subscribers: dict[int, Subscriber] = field(default_factory=dict)
-    pending: dict[int, Subscriber] = field(default_factory=dict)
+    #: session id -> who receives its events (the session, or a stand-in)
+    _live: dict[int, Subscriber] = field(default_factory=dict)
+    #: the same for sessions waiting for the subscription's binding
+    _pending: dict[int, Subscriber] = field(default_factory=dict)
     ready: bool = False
     parts: tuple[str, ...] = ()
     created: str = field(
@@ -79,7 +75,42 @@ class Subscription:
 
     @property
     def empty(self) -> bool:
-        return not self.subscribers and not self.pending
+        return not self._live and not self._pending
+
+    @property
+    def has_subscribers(self) -> bool:
+        """Does anybody receive its events now?"""
+        return bool(self._live)
+
+    def count(self) -> int:
+        """How many sessions receive its events now."""
+        return len(self._live)
+
+    def subscriber_ids(self) -> list[int]:
+        """The sessions receiving its events now."""
+        return list(self._live)
+
+    def session_ids(self) -> set[int]:
+        """Every session holding it, also those waiting for its binding."""
+        return {*self._live, *self._pending}
+
+    def slot(self, session_id: int) -> Subscriber | None:
+        """Who stands in the slot of session ``session_id`` (the session
+        itself or its stand-in), live or waiting; None if it holds none."""
+        return self._pending.get(session_id) or self._live.get(session_id)
+
+    def holds(self, session_id: int, entry: Subscriber, *, waiting: bool = True) -> bool:
+        """Is ``entry`` in the slot of ``session_id`` (with ``waiting=False``:
+        and receiving events already)?"""
+        if self._live.get(session_id) is entry:
+            return True
+        return waiting and self._pending.get(session_id) is entry
+
+    def hand_back(self, session_id: int, stand_in: Subscriber, session: Subscriber) -> None:
+        """A stand-in's work is done: ``session`` receives the events
+        itself from now on (nothing happens if ``stand_in`` left meanwhile)."""
+        if self._live.get(session_id) is stand_in:
+            self._live[session_id] = session
 
 
 class Broker:
@@ -152,21 +183,21 @@ class Broker:
 
         ``topic`` must already be validated for ``match``.  ``stand_in``, if
         given, takes the session's place in the fan-out (a resuming session's
-        :class:`notifyd.history.Catchup`).
+        :class:`notifyd.resume.Catchup`).
         """
         sub = self._by_key.get((topic, match))
         if sub is None:
             sub = self._create(topic, match)
         sid = session.session_id
         d: Deferred[Subscription] = Deferred(lambda d: self._cancel_wait(sub, d))
-        if sid in sub.subscribers and sub.ready:
+        if sid in sub._live and sub.ready:
             d.callback(sub)
             return d
         if stand_in is not None:
-            sub.subscribers.pop(sid, None)
-            sub.pending[sid] = stand_in
-        elif sid not in sub.subscribers:
-            sub.pending[sid] = session
+            sub._live.pop(sid, None)
+            sub._pending[sid] = stand_in
+        elif sid not in sub._live:
+            sub._pending[sid] = session
         self._of_session.setdefault(sid, {})[sub.id] = sub
         if sub.ready:
             self._activate(sub, sid)
@@ -180,7 +211,7 @@ class Broker:
         sid = session.session_id
         subs = self._of_session.get(sid, {})
         sub = subs.get(subscription_id)
-        if sub is None or sid not in sub.subscribers:
+        if sub is None or sid not in sub._live:
             raise NoSuchSubscription(subscription_id)
         self._remove(sub, sid)
         return sub
@@ -201,14 +232,14 @@ class Broker:
         for sub in self.match(event.topic) if subs is None else subs:
             msg = make_event(sub, event)
             if filtered:
-                for session in sub.subscribers.values():
+                for session in sub._live.values():
                     if event.receives(session):
                         session.send_event(msg)
                         delivered += 1
             else:
-                for session in sub.subscribers.values():
+                for session in sub._live.values():
                     session.send_event(msg)
-                delivered += len(sub.subscribers)
+                delivered += len(sub._live)
         return delivered
 
     # -- internals -----------------------------------------------------------
@@ -255,23 +286,23 @@ class Broker:
         sub.ready = True
         sub._bound = None
         waiters, sub._waiters = sub._waiters, []
-        for sid in list(sub.pending):
+        for sid in list(sub._pending):
             self._activate(sub, sid)
         for d in waiters:
             d.callback(sub)
 
     def _activate(self, sub: Subscription, sid: int) -> None:
-        session = sub.pending.pop(sid, None)
+        session = sub._pending.pop(sid, None)
         if session is not None:
-            sub.subscribers[sid] = session
+            sub._live[sid] = session
 
     def _cancel_wait(self, sub: Subscription, d: Deferred[Subscription]) -> None:
         if d in sub._waiters:
             sub._waiters.remove(d)
 
     def _remove(self, sub: Subscription, sid: int, index: bool = True) -> None:
-        sub.subscribers.pop(sid, None)
-        sub.pending.pop(sid, None)
+        sub._live.pop(sid, None)
+        sub._pending.pop(sid, None)
         if index:
             subs = self._of_session.get(sid)
             if subs is not None:

@@ -5,14 +5,9 @@ Publication ids of logged events are stream offsets plus one, so they mean
 the same on every node.  (Events of topics without history keep random ids,
 drawn at or above :data:`RANDOM_ID_FLOOR`, so the two never meet.)
 
-*Resume.*  A SUBSCRIBE with the option ``_resume_after: X`` (X: the last
-publication id the client saw) puts a :class:`Catchup` in the subscription
-where the session would be.  It drops live events while a reader replays the
-log from X's successor; the replay ends once it reaches the live consumer's
-position, and from then on the Catchup passes live events with an id above
-the last one replayed.  The session therefore sees every event after X once,
-in order.  If the log no longer holds X's successor, the SUBSCRIBE fails with
-``notifyd.error.not_recovered`` and nothing is delivered.
+*Resume* (see :mod:`notifyd.resume`): :meth:`History.resume` replays the log
+after a publication id into a stand-in for the session, at the pace of the
+client's socket, until it reaches the live consumer's position.
 
 *Retained events* live in a second stream fed by a headers exchange (only
 messages with ``wamp-retain: true``); every node reads it from the start and
@@ -28,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -39,6 +34,7 @@ from notifyd.ingest import LOG_HEADER, LogWriter, is_checked, log_exchange
 from notifyd.logs import Logger
 from notifyd.streams import LogUnavailable, StreamLog
 from notifyd.topics import PatternSet, matches
+from notifyd.uris import ERROR_LOG_UNAVAILABLE, ERROR_NOT_RECOVERED
 from notifyd.wamp import WampError, make_event
 
 if TYPE_CHECKING:
@@ -46,14 +42,6 @@ if TYPE_CHECKING:
 
 #: retained events carry ids from this range (retained-stream offset + base)
 RETAINED_ID_BASE = 2**51
-
-ERROR_NOT_RECOVERED = "notifyd.error.not_recovered"
-#: GOODBYE reason when a session may have missed logged events it cannot be
-#: given any more: reconnect and resume (which reports the gap)
-CLOSE_RESUME_FAILED = "notifyd.close.resume_failed"
-ERROR_HISTORY_UNAVAILABLE = "notifyd.error.history_unavailable"
-#: transient: RabbitMQ (or the stream) cannot be read right now; try again
-ERROR_LOG_UNAVAILABLE = "notifyd.error.log_unavailable"
 
 
 class HistoryError(WampError):
@@ -70,47 +58,20 @@ class _LogBinder:
         return succeed(None)
 
 
-class Catchup:
-    """Stands in for a session in a subscription while it resumes."""
+class ReplayTarget(Protocol):
+    """Who a replay writes to (a :class:`notifyd.resume.Catchup`): it
+    stands in for ``session`` in the subscription (and is checked against
+    the events' targeting in its place) and tracks how far the replay got."""
 
-    __slots__ = (
-        "session",
-        "sub",
-        "last",
-        "replaying",
-        "answered",
-        "followers",
-        "session_id",
-        "authid",
-        "authrole",
-        "authextra",
-    )
-
-    def __init__(self, session: Subscriber, sub: Subscription | None, last: int) -> None:
-        self.session = session
-        self.sub = sub
-        #: the newest publication id the session has (or had before resuming)
-        self.last = last
-        self.replaying = True
-        #: SUBSCRIBED was sent
-        self.answered = False
-        #: (request, asked for a resume) of the SUBSCRIBEs waiting for the outcome
-        self.followers: list[tuple[int, bool]] = []
-        self.session_id = session.session_id
-        self.authid = session.authid
-        self.authrole = session.authrole
-        self.authextra = session.authextra
-
-    def send_event(self, event: Any) -> None:
-        """A live event: passed on only once the replay is over, and only if
-        the replay has not sent it already."""
-        if self.replaying or event.publication <= self.last:
-            return
-        self.session.send_event(event)
-        # from here on live events are all new: hand the slot back
-        sub = self.sub
-        if sub is not None and sub.subscribers.get(self.session_id) is self:
-            sub.subscribers[self.session_id] = self.session
+    session_id: int
+    authid: str | None
+    authrole: str | None
+    authextra: dict[str, Any] | None
+    session: Any
+    #: the newest publication id the session has
+    last: int
+    #: False once the replay reached the live consumer
+    replaying: bool
 
 
 class FairReaders:
@@ -314,7 +275,7 @@ class History:
 
     # -- resume --------------------------------------------------------------------------
     @inlineCallbacks
-    def resume(self, catchup: Catchup, sub: Subscription, after: int, on_ready: Any) -> Any:
+    def resume(self, catchup: ReplayTarget, sub: Subscription, after: int, on_ready: Any) -> Any:
         """Replay the log after publication id ``after`` into ``catchup``.
 
         ``on_ready()`` is called once the replay is known to be complete (so
@@ -360,7 +321,7 @@ class History:
                     # RabbitMQ went away mid-replay (a restart, a failover):
                     # go on from the entry it reached once the log is back
                     yield self._log_back(generation)
-                    if sub.subscribers.get(catchup.session_id) is not catchup:
+                    if not sub.holds(catchup.session_id, catchup, waiting=False):
                         return sent[0]  # unsubscribed or gone meanwhile
         finally:
             self._readers.release()
@@ -382,7 +343,7 @@ class History:
 
     @inlineCallbacks
     def _replay(
-        self, catchup: Catchup, sub: Subscription, after: int, on_ready: Any, sent: list[int]
+        self, catchup: ReplayTarget, sub: Subscription, after: int, on_ready: Any, sent: list[int]
     ) -> Any:
         start = after  # the offset of publication id after + 1
         session = catchup.session
@@ -390,7 +351,7 @@ class History:
         log = self.log
 
         def handle(offset: int, msg: Any) -> Any:
-            if sub.subscribers.get(catchup.session_id) is not catchup:
+            if not sub.holds(catchup.session_id, catchup, waiting=False):
                 return True  # unsubscribed or gone meanwhile
             if state["first"]:
                 state["first"] = False
@@ -409,8 +370,7 @@ class History:
                 catchup.replaying = False
                 return True
             # a long replay goes at the pace of the client's socket
-            writable = getattr(session.transport, "writable", None)
-            waiting = writable() if writable is not None else None
+            waiting = session.writable()
             if waiting is not None:
                 waiting.addTimeout(self.settings.stall_timeout, self._clock)
             return waiting

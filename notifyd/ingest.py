@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -58,14 +57,9 @@ from pika.exceptions import ChannelClosedByBroker
 from twisted.internet.defer import inlineCallbacks
 
 from notifyd.compat import consume_directly
-from notifyd.events import (
-    HEADER_RETAIN,
-    BadEvent,
-    InboundEvent,
-    canonical_headers,
-    decode_delivery,
-)
+from notifyd.events import HEADER_RETAIN, BadEvent, InboundEvent, canonical_headers, decode_delivery
 from notifyd.logs import Logger
+from notifyd.stats import Stats
 from notifyd.streams import reconnect_when_cancelled
 from notifyd.topics import PatternSet
 
@@ -114,7 +108,7 @@ class LogWriter:
         queue_type: str = "classic",
         dead_letter_exchange: str | None = None,
         prefetch: int = 256,
-        count: Callable[[str], Any] | None = None,
+        stats: Stats | None = None,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -128,7 +122,7 @@ class LogWriter:
         self.queue_type = queue_type
         self.dead_letter_exchange = dead_letter_exchange
         self.prefetch = prefetch
-        self._count = count or (lambda name: None)
+        self._stats = stats if stats is not None else Stats()
         self._conn: Any = None
         self._exchange = ""
         self._restart: Any = None
@@ -214,7 +208,7 @@ class LogWriter:
         try:
             event = decode_delivery(key, msg.properties, msg.body, self.max_message_size)
         except BadEvent as e:
-            self._count(f"events_rejected_{e.reason}")
+            self._stats.inc_labelled("events_rejected", e.reason)
             self._log.warn(
                 "rejected AMQP message on {key} before the event log: {reason}",
                 key=key,
@@ -265,7 +259,7 @@ class LogWriter:
     def _failed(self, f: Any, consumer: Any, writer: Any) -> None:
         if not consumer.is_open:
             return  # already restarting: RabbitMQ requeued this one too
-        self._count("log_writes_failed")
+        self._stats.inc("log_writes_failed")
         self._log.warn(
             "writing to the event log failed ({why}); RabbitMQ keeps the event in {queue} "
             "and notifyd writes it again",

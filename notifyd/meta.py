@@ -60,12 +60,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import maybeDeferred
 
-from notifyd import wamp
-from notifyd.history import ERROR_HISTORY_UNAVAILABLE, ERROR_LOG_UNAVAILABLE
-from notifyd.ratelimit import ERROR_RATE_LIMITED
-from notifyd.revocation import CLOSE_KILLED, KillOrder, check_message, check_reason
+from notifyd import uris, wamp
+from notifyd.revocation import KillOrder, check_message, check_reason
 from notifyd.streams import LogUnavailable
 from notifyd.topics import MATCH_POLICIES, InvalidTopic, validate_pattern, validate_topic
+from notifyd.uris import (
+    CLOSE_KILLED,
+    ERROR_BUSY,
+    ERROR_HISTORY_UNAVAILABLE,
+    ERROR_LOG_UNAVAILABLE,
+    ERROR_NO_SUCH_SESSION,
+    ERROR_RATE_LIMITED,
+)
 
 if TYPE_CHECKING:
     from notifyd.broker import Subscription
@@ -73,8 +79,6 @@ if TYPE_CHECKING:
 
 #: get_events calls one session may have running (they share the node's readers)
 MAX_HISTORY_CALLS = 2
-ERROR_BUSY = "notifyd.error.busy"
-ERROR_NO_SUCH_SESSION = "wamp.error.no_such_session"
 #: entries a meta call may walk per extra CALL token it takes
 SCAN_PER_TOKEN = 1000
 #: most roles in wamp.session.count's filter_authroles
@@ -106,13 +110,13 @@ def _arg(args: list[Any], kwargs: dict[str, Any], i: int, name: str, default: An
     if name in kwargs:
         return kwargs[name]
     if default is ...:
-        raise CallError(wamp.ERROR_INVALID_ARGUMENT, f"missing argument {name!r}")
+        raise CallError(uris.ERROR_INVALID_ARGUMENT, f"missing argument {name!r}")
     return default
 
 
 def _int(value: Any, name: str) -> int:
     if type(value) is not int:
-        raise CallError(wamp.ERROR_INVALID_ARGUMENT, f"{name} must be an integer")
+        raise CallError(uris.ERROR_INVALID_ARGUMENT, f"{name} must be an integer")
     return value
 
 
@@ -152,7 +156,7 @@ class MetaApi:
         sid = _int(_arg(args, kwargs, 0, "subscription"), "subscription")
         sub = session.router.broker.get(sid)
         if sub is None or not self._visible(session, sub):
-            raise CallError(wamp.ERROR_NO_SUCH_SUBSCRIPTION, f"no subscription {sid}")
+            raise CallError(uris.ERROR_NO_SUCH_SUBSCRIPTION, f"no subscription {sid}")
         return sub
 
     @staticmethod
@@ -160,7 +164,7 @@ class MetaApi:
         """A call that walks ``entries`` things takes tokens in proportion."""
         extra = entries // SCAN_PER_TOKEN
         if extra and not session.charge_call(extra):
-            session.router.stats.inc("rate_limited_call")
+            session.router.stats.inc_labelled("rate_limited", "call")
             raise CallError(ERROR_RATE_LIMITED, "too many expensive CALLs; slow down")
 
     # -- procedures -----------------------------------------------------------------
@@ -168,7 +172,7 @@ class MetaApi:
     def _may_see_sessions(session: Caller) -> None:
         if session.authrole not in session.router.policy.meta_roles:
             raise CallError(
-                wamp.ERROR_NOT_AUTHORIZED,
+                uris.ERROR_NOT_AUTHORIZED,
                 f"{session.authrole!r} may not see other sessions (meta_api_roles)",
             )
 
@@ -184,7 +188,7 @@ class MetaApi:
             or not all(isinstance(r, str) for r in roles)
         ):
             raise CallError(
-                wamp.ERROR_INVALID_ARGUMENT,
+                uris.ERROR_INVALID_ARGUMENT,
                 f"filter_authroles must be a list of at most {MAX_FILTER_ROLES} strings",
             )
         self._charge(session, len(sessions))
@@ -196,7 +200,7 @@ class MetaApi:
     def _may_kill(session: Caller) -> None:
         if session.authrole not in session.router.policy.meta_roles:
             raise CallError(
-                wamp.ERROR_NOT_AUTHORIZED,
+                uris.ERROR_NOT_AUTHORIZED,
                 f"{session.authrole!r} may not kill sessions (meta_api_roles)",
             )
 
@@ -209,13 +213,13 @@ class MetaApi:
                 check_message(_arg(args, kwargs, 2, "message", None)),
             )
         except ValueError as e:
-            raise CallError(wamp.ERROR_INVALID_ARGUMENT, str(e))
+            raise CallError(uris.ERROR_INVALID_ARGUMENT, str(e))
 
     @staticmethod
     def _name(args: list, kwargs: dict, name: str) -> str:
         value = _arg(args, kwargs, 0, name)
         if not isinstance(value, str) or not value:
-            raise CallError(wamp.ERROR_INVALID_ARGUMENT, f"{name} must be a non-empty string")
+            raise CallError(uris.ERROR_INVALID_ARGUMENT, f"{name} must be a non-empty string")
         return value
 
     def session_kill(self, session: Caller, args: list, kwargs: dict) -> None:
@@ -262,12 +266,12 @@ class MetaApi:
         topic = _arg(args, kwargs, 0, "topic")
         options = _arg(args, kwargs, 1, "options", None) or {}
         if not isinstance(options, dict):
-            raise CallError(wamp.ERROR_INVALID_ARGUMENT, "options must be an object")
+            raise CallError(uris.ERROR_INVALID_ARGUMENT, "options must be an object")
         match = options.get("match", "exact")
         try:
             validate_pattern(topic, match)
         except InvalidTopic as e:
-            raise CallError(wamp.ERROR_INVALID_ARGUMENT, str(e))
+            raise CallError(uris.ERROR_INVALID_ARGUMENT, str(e))
         sub = session.router.broker.lookup(topic, match)
         return sub.id if sub is not None and self._visible(session, sub) else None
 
@@ -276,7 +280,7 @@ class MetaApi:
         try:
             validate_topic(topic)
         except InvalidTopic as e:
-            raise CallError(wamp.ERROR_INVALID_ARGUMENT, str(e))
+            raise CallError(uris.ERROR_INVALID_ARGUMENT, str(e))
         subs = session.router.broker.match(topic, ready=False)
         self._charge(session, len(subs))
         visible = session.router.policy.authorizer.subscribe_checker(session.identity())
@@ -290,11 +294,11 @@ class MetaApi:
     def list_subscribers(self, session: Caller, args: list, kwargs: dict) -> list[int]:
         self._may_see_sessions(session)
         sub = self._subscription(session, args, kwargs)
-        self._charge(session, len(sub.subscribers))
-        return list(sub.subscribers)
+        self._charge(session, sub.count())
+        return sub.subscriber_ids()
 
     def count_subscribers(self, session: Caller, args: list, kwargs: dict) -> int:
-        return len(self._subscription(session, args, kwargs).subscribers)
+        return self._subscription(session, args, kwargs).count()
 
     def get_events(self, session: Caller, args: list, kwargs: dict) -> Any:
         sub = self._subscription(session, args, kwargs)

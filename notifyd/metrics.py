@@ -62,65 +62,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from notifyd.stats import COUNTERS
 from notifyd.websocket import SERIALIZERS
-
-_PLAIN_COUNTERS = {
-    "events_received": ("notifyd_events_received", "AMQP deliveries decoded as events"),
-    "events_delivered": ("notifyd_events_delivered", "EVENT messages written to sessions"),
-    "sessions_opened": ("notifyd_sessions_opened", "WAMP sessions established"),
-    "sessions_closed": ("notifyd_sessions_closed", "WAMP sessions ended (any reason)"),
-    "subscribes_refused": (
-        "notifyd_subscribes_refused",
-        "SUBSCRIBEs refused because no rule of the session's role allows them",
-    ),
-    "sessions_refused": ("notifyd_sessions_refused", "HELLOs answered with ABORT"),
-    "sessions_expired": (
-        "notifyd_sessions_expired",
-        "sessions closed because their ticket expired",
-    ),
-    "auth_failures": ("notifyd_auth_failures", "failed authentications"),
-    "protocol_violations": (
-        "notifyd_protocol_violations",
-        "sessions aborted for protocol violations",
-    ),
-    "slow_consumers": ("notifyd_slow_consumer_disconnects", "connections dropped for not reading"),
-    "events_replayed": ("notifyd_events_replayed", "events sent by resumes (event-log replays)"),
-    "resumes_failed": (
-        "notifyd_resumes_failed",
-        "resumes refused or broken off (not_recovered, history_unavailable)",
-    ),
-    "log_entries_skipped": (
-        "notifyd_log_entries_skipped",
-        "event-log entries no subscription on this node wanted",
-    ),
-    "log_writes_failed": (
-        "notifyd_log_writes_failed",
-        "writes of the ingest step RabbitMQ refused (the event is written again)",
-    ),
-    "sessions_killed": ("notifyd_sessions_killed", "sessions ended by a kill order"),
-    "log_gaps": (
-        "notifyd_log_gaps",
-        "times this node found log entries it never read (retention, a restarted stream)",
-    ),
-}
-_LABELLED = {
-    "events_dropped_": ("notifyd_events_dropped", "events not delivered to a subscriber", "reason"),
-    "events_rejected_": (
-        "notifyd_amqp_rejected",
-        "AMQP messages rejected (dead-lettered)",
-        "reason",
-    ),
-    "connections_refused_": (
-        "notifyd_connections_refused",
-        "connections and WebSocket handshakes refused",
-        "reason",
-    ),
-    "rate_limited_": (
-        "notifyd_rate_limited",
-        "requests refused by a per-session rate limit",
-        "kind",
-    ),
-}
 
 
 def _by_serializer(name: str, doc: str, subprotocols: Any) -> GaugeMetricFamily:
@@ -141,7 +84,7 @@ class NotifydCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         svc = self.service
         router, broker = svc.router, svc.broker
-        counters: Counter[str] = router.stats.counters
+        stats = router.stats
 
         yield _by_serializer(
             "notifyd_connections",
@@ -161,7 +104,7 @@ class NotifydCollector(Collector):
         subscribers = 0
         for sub in broker.subscriptions():
             by_match[sub.match] += 1
-            subscribers += len(sub.subscribers)
+            subscribers += sub.count()
         for match, n in sorted(by_match.items()):
             subs.add_metric([match], n)
         yield subs
@@ -225,23 +168,17 @@ class NotifydCollector(Collector):
                 value=history.interrupted,
             )
 
-        for key, (name, doc) in _PLAIN_COUNTERS.items():
-            yield CounterMetricFamily(name, doc, value=counters.get(key, 0))
+        for key, spec in COUNTERS.items():
+            if spec.label is None:
+                yield CounterMetricFamily(spec.metric, spec.help, value=stats.counters[key])
+            else:
+                family = CounterMetricFamily(spec.metric, spec.help, labels=[spec.label])
+                for label, n in sorted(stats.labelled[key].items()):
+                    family.add_metric([label], n)
+                yield family
         yield CounterMetricFamily(
             "notifyd_amqp_reconnects", "RabbitMQ reconnections", value=svc.amqp.reconnects
         )
-        publishes = CounterMetricFamily(
-            "notifyd_client_publishes", "client PUBLISH messages", labels=["result"]
-        )
-        publishes.add_metric(["ok"], counters.get("publishes", 0))
-        publishes.add_metric(["refused"], counters.get("publishes_refused", 0))
-        yield publishes
-        for prefix, (name, doc, label) in _LABELLED.items():
-            family = CounterMetricFamily(name, doc, labels=[label])
-            for key, n in sorted(counters.items()):
-                if key.startswith(prefix):
-                    family.add_metric([key[len(prefix) :]], n)
-            yield family
         yield from router.stats.latency.collect()
 
 

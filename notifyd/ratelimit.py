@@ -30,8 +30,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ERROR_RATE_LIMITED = "notifyd.error.rate_limited"
-
 
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` kept; starts full."""

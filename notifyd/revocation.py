@@ -45,7 +45,8 @@ import json
 import re
 from typing import Any
 
-CLOSE_KILLED = "wamp.close.killed"
+from notifyd.uris import CLOSE_KILLED
+
 _URI = re.compile(r"[0-9a-z_]+(?:\.[0-9a-z_]+)*\Z")
 _SELECTORS = ("session", "authid", "authrole", "extra")
 _KEYS = {"kill", "reason", "message", "except"}

@@ -9,20 +9,19 @@ was given.
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from autobahn.util import id as random_id
-from prometheus_client import Histogram
 from twisted.internet.defer import Deferred
 
 from notifyd.auth import CraAuthenticator, TicketAuthenticator
 from notifyd.authz import Authorizer
 from notifyd.broker import Broker
 from notifyd.events import BadEvent, Publication, decode_delivery, publication_id
-from notifyd.history import CLOSE_RESUME_FAILED
 from notifyd.logs import Logger
+from notifyd.stats import Stats
+from notifyd.uris import CLOSE_RESUME_FAILED
 
 
 class SessionHandle(Protocol):
@@ -86,28 +85,6 @@ class Policy:
         if self.allow_anonymous:
             out.append("anonymous")
         return out
-
-
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-@dataclass
-class Stats:
-    """Plain counters and the delivery-latency histogram; ``/metrics`` reads
-    these (see :mod:`notifyd.metrics`)."""
-
-    counters: Counter[str] = field(default_factory=Counter)
-    latency: Histogram = field(
-        default_factory=lambda: Histogram(
-            "notifyd_delivery_latency_seconds",
-            "AMQP delivery taken from the queue until written to every subscriber's socket",
-            buckets=LATENCY_BUCKETS,
-            registry=None,
-        )
-    )
-
-    def inc(self, name: str, n: int = 1) -> None:
-        self.counters[name] += n
 
 
 class Router:
@@ -191,7 +168,7 @@ class Router:
             sid
             for sub in self.broker.subscriptions()
             if sub.logged or overlaps(sub.key)
-            for sid in (*sub.subscribers, *sub.pending)
+            for sid in sub.session_ids()
         }
         for sid in affected:
             session = self.sessions.get(sid)
@@ -210,7 +187,7 @@ class Router:
         try:
             event = decode_delivery(routing_key, properties, body, self.policy.max_message_size)
         except BadEvent as e:
-            self.stats.inc(f"events_rejected_{e.reason}")
+            self.stats.inc_labelled("events_rejected", e.reason)
             raise
         if not event.publication:  # no wamp-publication header
             event.publication = publication_id()
@@ -221,7 +198,7 @@ class Router:
         topic = msg.method.routing_key
         if not isinstance(topic, str):
             topic = ""  # not UTF-8: matches no subscription, skipped below
-        subs = [sub for sub in self.broker.match(topic, ready=False) if sub.subscribers]
+        subs = [sub for sub in self.broker.match(topic, ready=False) if sub.has_subscribers]
         if not subs:
             self.stats.inc("log_entries_skipped")
             return 0

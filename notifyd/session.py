@@ -56,32 +56,31 @@ A session authenticated with a ticket ends when the ticket expires: at
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from autobahn.util import generate_token
 from autobahn.wamp import message
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
-from notifyd import wamp
+from notifyd import resume, uris, wamp
 from notifyd.auth import AuthFailed, Principal
 from notifyd.authz import Identity
 from notifyd.broker import NoSuchSubscription, Subscription
 from notifyd.events import PayloadError, encode_publication, publication_id
-from notifyd.history import (
-    CLOSE_RESUME_FAILED,
-    ERROR_HISTORY_UNAVAILABLE,
-    ERROR_LOG_UNAVAILABLE,
-    RETAINED_ID_BASE,
-    Catchup,
-    HistoryError,
-)
 from notifyd.logs import Logger
 from notifyd.meta import MetaApi
-from notifyd.ratelimit import ERROR_RATE_LIMITED, Limits, SessionLimits
-from notifyd.revocation import CLOSE_KILLED
+from notifyd.ratelimit import Limits, SessionLimits
 from notifyd.router import PublishRejected, PublishUnavailable, Router
-from notifyd.topics import InvalidTopic, binding_key, validate_pattern, validate_topic
+from notifyd.topics import InvalidTopic, validate_pattern, validate_topic
+from notifyd.uris import (
+    CLOSE_AUTH_EXPIRED,
+    CLOSE_KILLED,
+    CLOSE_SLOW_CONSUMER,
+    ERROR_RATE_LIMITED,
+    ERROR_TOO_MANY_SUBSCRIPTIONS,
+)
 
 
 class Transport(Protocol):
@@ -93,13 +92,7 @@ class Transport(Protocol):
 
     def close(self) -> None: ...
 
-
-CLOSE_AUTH_EXPIRED = "wamp.close.auth_expired"
-#: GOODBYE reason for a client that fell too far behind (see notifyd.websocket)
-CLOSE_SLOW_CONSUMER = "notifyd.close.slow_consumer"
-#: SUBSCRIBE option: replay the event log after this publication id first
-OPTION_RESUME_AFTER = "_resume_after"
-ERROR_TOO_MANY_SUBSCRIPTIONS = "notifyd.error.too_many_subscriptions"
+    def writable(self) -> Deferred[None] | None: ...
 
 
 def _goodbye(reason: str, text: str | None) -> message.Goodbye:
@@ -203,7 +196,7 @@ class WampSession:
             options = raw[2] if len(raw) > 2 and isinstance(raw[2], dict) else {}
             if options.get("acknowledge") is not True:
                 return
-        self._error(kind, request, wamp.ERROR_INVALID_URI, reason)
+        self.error(kind, request, uris.ERROR_INVALID_URI, reason)
 
     def protocol_violation(self, reason: str) -> None:
         """End this session: ABORT ``wamp.error.protocol_violation``."""
@@ -211,7 +204,7 @@ class WampSession:
             return
         self._log.info("protocol violation by {peer}: {reason}", peer=self.peer, reason=reason)
         self.router.stats.inc("protocol_violations")
-        self.abort(wamp.ERROR_PROTOCOL_VIOLATION, reason)
+        self.abort(uris.ERROR_PROTOCOL_VIOLATION, reason)
 
     def abort(self, reason: str, text: str | None = None) -> None:
         """Send ABORT and close the transport."""
@@ -233,7 +226,7 @@ class WampSession:
             message="this client fell too far behind; reconnect (and resume)",
         )
 
-    def shutdown(self, reason: str = wamp.CLOSE_SYSTEM_SHUTDOWN) -> None:
+    def shutdown(self, reason: str = uris.CLOSE_SYSTEM_SHUTDOWN) -> None:
         """Router-initiated close: GOODBYE, then wait for the client's."""
         if self.state is State.OPEN:
             self._detach()
@@ -290,7 +283,7 @@ class WampSession:
     def _on_hello(self, msg: message.Hello) -> None:
         policy = self.router.policy
         if msg.realm != policy.realm:
-            self._refuse(wamp.ERROR_NO_SUCH_REALM, f"no realm {msg.realm!r} on this router")
+            self._refuse(uris.ERROR_NO_SUCH_REALM, f"no realm {msg.realm!r} on this router")
             return
         offered = msg.authmethods or ["anonymous"]
         self.session_id = self.router.new_session_id()
@@ -325,10 +318,10 @@ class WampSession:
                 self.transport.send(message.Challenge("wampcra", extra))
                 return
         if "anonymous" in offered and not policy.allow_anonymous and len(offered) == 1:
-            self._refuse(wamp.ERROR_NOT_AUTHORIZED, "anonymous access is disabled on this router")
+            self._refuse(uris.ERROR_NOT_AUTHORIZED, "anonymous access is disabled on this router")
         else:
             self._refuse(
-                wamp.ERROR_NO_AUTH_METHOD,
+                uris.ERROR_NO_AUTH_METHOD,
                 f"none of the offered authentication methods {offered!r} is enabled "
                 f"(this router offers {policy.methods!r})",
             )
@@ -403,18 +396,18 @@ class WampSession:
     def _on_goodbye(self, msg: message.Goodbye) -> None:
         if self.state is State.OPEN:
             self._detach()
-            self.transport.send(message.Goodbye(reason=wamp.CLOSE_GOODBYE_AND_OUT))
+            self.transport.send(message.Goodbye(reason=uris.CLOSE_GOODBYE_AND_OUT))
         self._close()
 
     def _on_subscribe(self, msg: message.Subscribe, options: dict[str, Any] | None = None) -> None:
         if not self._take(self.limits.subscribe if self.limits else None):
-            self.router.stats.inc("rate_limited_subscribe")
-            self._error(msg.MESSAGE_TYPE, msg.request, ERROR_RATE_LIMITED, "too many SUBSCRIBEs")
+            self.router.stats.inc_labelled("rate_limited", "subscribe")
+            self.error(msg.MESSAGE_TYPE, msg.request, ERROR_RATE_LIMITED, "too many SUBSCRIBEs")
             return
         try:
             validate_pattern(msg.topic, msg.match or "exact")
         except InvalidTopic as e:
-            self._error(msg.MESSAGE_TYPE, msg.request, wamp.ERROR_INVALID_URI, str(e))
+            self.error(msg.MESSAGE_TYPE, msg.request, uris.ERROR_INVALID_URI, str(e))
             return
         match = msg.match or "exact"
         held = self.router.broker.of_session(self.session_id)
@@ -423,7 +416,7 @@ class WampSession:
         # SUBSCRIBEs still waiting for their binding count too, so a client
         # cannot pile up unanswered requests while RabbitMQ is away
         if len(self._pending) >= limit or (len(held) >= limit and not holds):
-            self._error(
+            self.error(
                 msg.MESSAGE_TYPE,
                 msg.request,
                 ERROR_TOO_MANY_SUBSCRIPTIONS,
@@ -432,163 +425,78 @@ class WampSession:
             return
         if not self.router.policy.authorizer.may_subscribe(self.identity(), msg.topic, match):
             self.router.stats.inc("subscribes_refused")
-            self._error(
+            self.error(
                 msg.MESSAGE_TYPE,
                 msg.request,
-                wamp.ERROR_NOT_AUTHORIZED,
+                uris.ERROR_NOT_AUTHORIZED,
                 f"{self.authrole!r} may not subscribe to {msg.topic!r} ({match})",
             )
             return
-        resume = (options or {}).get(OPTION_RESUME_AFTER)
-        if holds and self._join_resume(msg.topic, match, msg.request, resume is not None):
+        router = self.router
+        after = (options or {}).get(resume.OPTION_RESUME_AFTER)
+        if holds and resume.join(
+            self, router.broker, limit, msg.topic, match, msg.request, after is not None
+        ):
             return
-        if resume is not None and not holds:
-            self._subscribe_resuming(msg, match, resume)
+        if after is not None and not holds:
+            resume.start(self, router.broker, router.history, router.stats, msg, match, after)
             return
-        self._subscribe_plain(msg.request, msg.topic, match, bool(msg.get_retained))
+        self.subscribe_plain(msg.request, msg.topic, match, bool(msg.get_retained))
 
-    def _subscribe_plain(self, request: int, topic: str, match: str, get_retained: bool) -> None:
-        d = self.router.broker.subscribe(self, topic, match)
+    def subscribe_plain(self, request: int, topic: str, match: str, get_retained: bool) -> None:
+        """Subscribe (no resume); SUBSCRIBED once events will arrive, then
+        the retained events if ``get_retained``."""
         history = self.router.history
         retained = get_retained and history is not None
 
         def subscribed(sub: Subscription) -> None:
-            self._pending.discard(d)
             if self.state is State.OPEN:
                 self.transport.send(message.Subscribed(request, sub.id))
                 if retained:
                     history.retained_for(self, sub).addCallbacks(
-                        self._send_retained, self._log_failure
+                        self.send_retained, self._log_failure
                     )
 
+        self.track(self.router.broker.subscribe(self, topic, match), subscribed)
+
+    def track(
+        self, d: Deferred[Subscription], subscribed: Callable[[Subscription], object]
+    ) -> None:
+        """Call ``subscribed`` once the subscription ``d`` waits for is
+        live; until then it counts against the session's limit, and closing
+        the session cancels it."""
         if not d.called:
             self._pending.add(d)
-        d.addCallbacks(subscribed, self._subscribe_failed, errbackArgs=(d,))
 
-    def _subscribe_failed(self, f: Failure, d: Deferred[Any]) -> None:
-        self._pending.discard(d)
-        if not f.check(CancelledError):
-            self._log.failure("subscribe failed", f)
+        def done(sub: Subscription) -> object:
+            self._pending.discard(d)
+            return subscribed(sub)
+
+        def failed(f: Failure) -> None:
+            self._pending.discard(d)
+            if not f.check(CancelledError):
+                self._log.failure("subscribe failed", f)
+
+        d.addCallbacks(done, failed)
 
     def _log_failure(self, f: Failure) -> None:
         if not f.check(CancelledError):
             self._log.failure("internal error", f)
 
-    def _send_retained(self, events: list[Any]) -> None:
+    def send_retained(self, events: list[Any]) -> None:
+        """Send retained events (their EVENTs are built already)."""
         if self.state is State.OPEN:
             for event in events:
                 self.send_event(event)
-
-    def _join_resume(self, topic: str, match: str, request: int, resuming: bool) -> bool:
-        """A SUBSCRIBE for a (topic, match) this session is still resuming is
-        answered with the resume's outcome (the replay already covers it); a
-        plain one that finds the resume failed is subscribed plainly then."""
-        sub = self.router.broker.lookup(topic, match)
-        if sub is None:
-            return False
-        sid = self.session_id
-        entry = sub.pending.get(sid) or sub.subscribers.get(sid)
-        # a Catchup that failed has left the subscription; one that still
-        # replays has not handed over to live delivery yet
-        if not isinstance(entry, Catchup) or not entry.replaying:
-            return False
-        if entry.answered:
-            self.transport.send(message.Subscribed(request, sub.id))
-        elif len(entry.followers) >= self.router.policy.max_subscriptions:
-            self._error(
-                message.Subscribe.MESSAGE_TYPE,
-                request,
-                ERROR_TOO_MANY_SUBSCRIPTIONS,
-                "too many SUBSCRIBEs waiting for the same resume",
-            )
-        else:
-            entry.followers.append((request, resuming))
-        return True
-
-    def _subscribe_resuming(self, msg: message.Subscribe, match: str, after: Any) -> None:
-        """SUBSCRIBE with ``_resume_after``: replay the event log, then live."""
-        history = self.router.history
-        request = msg.request
-        if type(after) is not int or not 0 <= after < RETAINED_ID_BASE:
-            self._error(
-                msg.MESSAGE_TYPE,
-                request,
-                wamp.ERROR_INVALID_ARGUMENT,
-                f"{OPTION_RESUME_AFTER} must be a publication id from the event log",
-            )
-            return
-        if history is None or not history.covers(binding_key(msg.topic, match)):
-            self._error(
-                msg.MESSAGE_TYPE,
-                request,
-                ERROR_HISTORY_UNAVAILABLE,
-                "this router keeps no event history"
-                if history is None
-                else f"events of {msg.topic!r} ({match}) are not (all) kept in the event log",
-            )
-            return
-        catchup = Catchup(self, None, after)
-        catchup.followers.append((request, True))
-        d = self.router.broker.subscribe(self, msg.topic, match, stand_in=catchup)
-
-        def ready(sub: Subscription, retained: list[Any]) -> None:
-            catchup.answered = True
-            if self.state is State.OPEN:
-                for req, _ in catchup.followers:
-                    self.transport.send(message.Subscribed(req, sub.id))
-                # the retained events first: the replay is newer than they are
-                self._send_retained(retained)
-
-        def subscribed(sub: Subscription) -> Any:
-            self._pending.discard(d)
-            catchup.sub = sub
-            retained = history.retained_for(self, sub) if msg.get_retained else succeed([])
-            retained.addCallback(start, sub).addErrback(failed, sub)
-
-        def start(events: list[Any], sub: Subscription) -> None:
-            resumed = history.resume(catchup, sub, after, lambda: ready(sub, events))
-            resumed.addCallbacks(done, failed, errbackArgs=(sub,))
-
-        def done(n: int) -> None:
-            self.router.stats.inc("events_replayed", n)
-
-        def failed(f: Failure, sub: Subscription) -> None:
-            sid = self.session_id
-            if self.state is not State.OPEN or (
-                sub.subscribers.get(sid) is not catchup and sub.pending.get(sid) is not catchup
-            ):
-                return  # closed or unsubscribed meanwhile: nobody to tell
-            if not f.check(HistoryError):
-                self._log.failure("resume failed", f)
-                f = Failure(HistoryError(ERROR_LOG_UNAVAILABLE, "the replay failed; try again"))
-            e = f.value
-            self.router.broker.unsubscribe(self, sub.id)
-            self.router.stats.inc("resumes_failed")
-            if catchup.answered:  # SUBSCRIBED is out: only a new session can be told
-                self.shutdown(CLOSE_RESUME_FAILED)
-                return
-            for req, resuming in catchup.followers:
-                if resuming:
-                    self.transport.send(
-                        message.Error(
-                            msg.MESSAGE_TYPE, req, e.uri, args=[e.text], kwargs=e.details or None
-                        )
-                    )
-                else:  # it never asked for a resume: it gets a plain subscription
-                    self._subscribe_plain(req, msg.topic, match, False)
-
-        if not d.called:
-            self._pending.add(d)
-        d.addCallbacks(subscribed, self._subscribe_failed, errbackArgs=(d,))
 
     def _on_unsubscribe(self, msg: message.Unsubscribe) -> None:
         try:
             self.router.broker.unsubscribe(self, msg.subscription)
         except NoSuchSubscription:
-            self._error(
+            self.error(
                 msg.MESSAGE_TYPE,
                 msg.request,
-                wamp.ERROR_NO_SUCH_SUBSCRIPTION,
+                uris.ERROR_NO_SUCH_SUBSCRIPTION,
                 f"no subscription {msg.subscription} in this session",
             )
             return
@@ -601,30 +509,30 @@ class WampSession:
         request = msg.request
 
         def refuse(uri: str, text: str) -> None:
-            self.router.stats.inc("publishes_refused")
+            self.router.stats.inc_labelled("client_publishes", "refused")
             if ack:
-                self._error(msg.MESSAGE_TYPE, request, uri, text)
+                self.error(msg.MESSAGE_TYPE, request, uri, text)
 
         if not self._take(self.limits.publish if self.limits else None):
-            self.router.stats.inc("rate_limited_publish")
+            self.router.stats.inc_labelled("rate_limited", "publish")
             return refuse(ERROR_RATE_LIMITED, "too many PUBLISHes")
         try:
             validate_topic(msg.topic)
         except InvalidTopic as e:
-            return refuse(wamp.ERROR_INVALID_URI, str(e))
+            return refuse(uris.ERROR_INVALID_URI, str(e))
         if msg.topic.startswith("wamp."):  # reserved for the router (as Crossbar)
             return refuse(
-                wamp.ERROR_INVALID_URI, f"{msg.topic!r} is in the reserved wamp namespace"
+                uris.ERROR_INVALID_URI, f"{msg.topic!r} is in the reserved wamp namespace"
             )
         if not self.router.policy.authorizer.may_publish(self.identity(), msg.topic):
-            return refuse(wamp.ERROR_NOT_AUTHORIZED, f"publishing to {msg.topic!r} is not allowed")
+            return refuse(uris.ERROR_NOT_AUTHORIZED, f"publishing to {msg.topic!r} is not allowed")
         if type(disclose_me) is not bool:
-            return refuse(wamp.ERROR_INVALID_ARGUMENT, "disclose_me must be a boolean")
+            return refuse(uris.ERROR_INVALID_ARGUMENT, "disclose_me must be a boolean")
         if msg.payload is not None:
-            return refuse(wamp.ERROR_INVALID_ARGUMENT, "payload transparency is not supported")
+            return refuse(uris.ERROR_INVALID_ARGUMENT, "payload transparency is not supported")
         publisher = self.router.publisher
         if publisher is None:
-            return refuse(wamp.ERROR_PUBLISH_UNAVAILABLE, "publishing is not configured")
+            return refuse(uris.ERROR_PUBLISH_UNAVAILABLE, "publishing is not configured")
         publication = publication_id()
         try:
             pub = encode_publication(
@@ -647,7 +555,7 @@ class WampSession:
                 max_size=self.router.policy.max_message_size,
             )
         except PayloadError as e:
-            return refuse(wamp.ERROR_INVALID_ARGUMENT, str(e))
+            return refuse(uris.ERROR_INVALID_ARGUMENT, str(e))
         history = self.router.history
         if (
             history is not None
@@ -656,37 +564,37 @@ class WampSession:
             and not self._take(self.limits.publish_log, len(pub.body))
         ):
             # one session must not roll the shared event log over
-            self.router.stats.inc("rate_limited_publish_bytes")
+            self.router.stats.inc_labelled("rate_limited", "publish_bytes")
             return refuse(
                 ERROR_RATE_LIMITED, "too many bytes published to logged topics; slow down"
             )
 
         def done(_: object) -> None:
-            self.router.stats.inc("publishes")
+            self.router.stats.inc_labelled("client_publishes", "ok")
             if ack and self.state is State.OPEN:
                 self.transport.send(message.Published(request, publication))
 
         def failed(f: Failure) -> None:
             if f.check(PublishRejected):
-                refuse(wamp.ERROR_PUBLISH_REJECTED, "RabbitMQ refused the publication")
+                refuse(uris.ERROR_PUBLISH_REJECTED, "RabbitMQ refused the publication")
             elif f.check(PublishUnavailable):
-                refuse(wamp.ERROR_PUBLISH_UNAVAILABLE, "RabbitMQ is not reachable")
+                refuse(uris.ERROR_PUBLISH_UNAVAILABLE, "RabbitMQ is not reachable")
             else:
                 self._log.failure("publish failed", f)
-                refuse(wamp.ERROR_PUBLISH_UNAVAILABLE, "the publication failed")
+                refuse(uris.ERROR_PUBLISH_UNAVAILABLE, "the publication failed")
 
         publisher.publish(pub).addCallbacks(done, failed)
 
     def _on_call(self, msg: message.Call) -> None:
         if not self._take(self.limits.call if self.limits else None):
-            self.router.stats.inc("rate_limited_call")
-            self._error(msg.MESSAGE_TYPE, msg.request, ERROR_RATE_LIMITED, "too many CALLs")
+            self.router.stats.inc_labelled("rate_limited", "call")
+            self.error(msg.MESSAGE_TYPE, msg.request, ERROR_RATE_LIMITED, "too many CALLs")
             return
         if msg.procedure not in self._meta:
-            self._error(
+            self.error(
                 msg.MESSAGE_TYPE,
                 msg.request,
-                wamp.ERROR_NO_SUCH_PROCEDURE,
+                uris.ERROR_NO_SUCH_PROCEDURE,
                 f"no procedure {msg.procedure!r}",
             )
             return
@@ -704,7 +612,7 @@ class WampSession:
                 uri, text, details = e.uri, e.text, e.details
             else:
                 self._log.failure("{procedure} failed", f, procedure=msg.procedure)
-                uri, text, details = wamp.ERROR_RUNTIME_ERROR, "internal error", {}
+                uri, text, details = uris.ERROR_RUNTIME_ERROR, "internal error", {}
             self.transport.send(
                 message.Error(msg.MESSAGE_TYPE, request, uri, args=[text], kwargs=details or None)
             )
@@ -714,18 +622,18 @@ class WampSession:
         )
 
     def _on_register(self, msg: message.Register) -> None:
-        self._error(
+        self.error(
             msg.MESSAGE_TYPE,
             msg.request,
-            wamp.ERROR_FEATURE_NOT_SUPPORTED,
+            uris.ERROR_FEATURE_NOT_SUPPORTED,
             "notifyd is a broker only: it has no dealer role",
         )
 
     def _on_unregister(self, msg: message.Unregister) -> None:
-        self._error(
+        self.error(
             msg.MESSAGE_TYPE,
             msg.request,
-            wamp.ERROR_FEATURE_NOT_SUPPORTED,
+            uris.ERROR_FEATURE_NOT_SUPPORTED,
             "notifyd is a broker only: it has no dealer role",
         )
 
@@ -743,7 +651,22 @@ class WampSession:
         bucket = self.limits.call if self.limits else None
         return bucket is None or self._take(bucket, min(n, max(0.0, bucket.burst - 1)))
 
-    def _error(self, request_type: int, request: int, uri: str, text: str) -> None:
+    @property
+    def is_open(self) -> bool:
+        """Established and not closing."""
+        return self.state is State.OPEN
+
+    def send(self, msg: message.Message) -> None:
+        """Send one WAMP message."""
+        self.transport.send(msg)
+
+    def writable(self) -> Deferred[None] | None:
+        """None if the connection takes more now; else a Deferred firing
+        once it does (long replays pace themselves on it)."""
+        return self.transport.writable()
+
+    def error(self, request_type: int, request: int, uri: str, text: str) -> None:
+        """Answer a request with ERROR ``uri`` (while the session is open)."""
         if self.state is State.OPEN:
             self.transport.send(message.Error(request_type, request, uri, args=[text]))
 

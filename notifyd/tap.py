@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -35,7 +34,8 @@ from notifyd.ingest import LogWriter
 from notifyd.logs import Logger
 from notifyd.metrics import make_registry
 from notifyd.revocation import KillOrder
-from notifyd.router import Policy, Router, Stats
+from notifyd.router import Policy, Router
+from notifyd.stats import Stats
 from notifyd.streams import StreamLog
 from notifyd.testee import make_testee_site
 from notifyd.topics import PatternSet
@@ -174,9 +174,7 @@ def make_policy(settings: configmod.Config) -> Policy:
     )
 
 
-def make_history(
-    settings: configmod.Config, reactor: Any, count: Callable[[str], Any] | None = None
-) -> History:
+def make_history(settings: configmod.Config, reactor: Any, stats: Stats | None = None) -> History:
     """The event log, the retained store and the ingest step feeding them,
     from the settings (``count`` receives the names of counters to bump)."""
     arguments: dict[str, Any] = {
@@ -226,7 +224,7 @@ def make_history(
             queue_type=settings.history_ingest_queue_type,
             dead_letter_exchange=settings.dead_letter_exchange,
             prefetch=settings.prefetch,
-            count=count,
+            stats=stats,
             reactor=reactor,
         ),
     )
@@ -246,7 +244,7 @@ class NotifydService(MultiService):
         self._reactor = reactor
         self.bindings = Bindings()
         stats = Stats()
-        self.history = make_history(settings, reactor, stats.inc) if settings.history else None
+        self.history = make_history(settings, reactor, stats) if settings.history else None
         self.broker = Broker(self.bindings, history=self.history)
         self.router = Router(self.broker, make_policy(settings), clock=reactor, stats=stats)
         if self.router.policy.ticket is not None and not settings.jwt_audience:

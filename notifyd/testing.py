@@ -66,6 +66,10 @@ class RecordingTransport:
     def close(self) -> None:
         self.closed = True
 
+    def writable(self) -> Deferred[None] | None:
+        """Always takes more."""
+        return None
+
 
 class FakePublisher:
     """Records publications; ``error`` (an exception) makes them fail."""

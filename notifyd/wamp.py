@@ -27,23 +27,6 @@ class EventTarget(Protocol):
     match: str
 
 
-# Standard error and close URIs used by notifyd.
-ERROR_INVALID_URI = "wamp.error.invalid_uri"
-ERROR_NO_SUCH_SUBSCRIPTION = "wamp.error.no_such_subscription"
-ERROR_NO_SUCH_PROCEDURE = "wamp.error.no_such_procedure"
-ERROR_NO_SUCH_REALM = "wamp.error.no_such_realm"
-ERROR_NOT_AUTHORIZED = "wamp.error.not_authorized"
-ERROR_NO_AUTH_METHOD = "wamp.error.no_auth_method"
-ERROR_PROTOCOL_VIOLATION = "wamp.error.protocol_violation"
-ERROR_INVALID_ARGUMENT = "wamp.error.invalid_argument"
-ERROR_FEATURE_NOT_SUPPORTED = "wamp.error.feature_not_supported"
-ERROR_RUNTIME_ERROR = "wamp.error.runtime_error"
-CLOSE_GOODBYE_AND_OUT = "wamp.close.goodbye_and_out"
-CLOSE_SYSTEM_SHUTDOWN = "wamp.close.system_shutdown"
-# notifyd's own error URIs.
-ERROR_PUBLISH_UNAVAILABLE = "notifyd.error.publish_unavailable"
-ERROR_PUBLISH_REJECTED = "notifyd.error.publish_rejected"
-
 _FEATURES = dict(
     pattern_based_subscription=True,
     publisher_exclusion=True,

@@ -337,7 +337,7 @@ class _Channel(HTTPChannel):
         transport = self.transport
         if transport is None:
             return
-        self.count("connections_refused_http_timeout")
+        self.count("connections_refused", "http_timeout")
         self._nlog.debug(
             "closing {peer}: HTTP request not done in {n} s",
             peer=str(transport.getPeer()),
@@ -386,13 +386,13 @@ class _PublicSite(Site):
         super().__init__(root, **kwargs)
         self.gate = ws_factory.gate
         self.deadline = ws_factory.handshake_timeout
-        self.count = ws_factory.router.stats.inc
+        self.count = ws_factory.router.stats.inc_labelled
 
     def buildProtocol(self, addr: Any) -> Any:
         host = getattr(addr, "host", None)
         refusal = self.gate.refusal(host)
         if refusal is not None:
-            self.count(f"connections_refused_{refusal}")
+            self.count("connections_refused", refusal)
             self._nlog.warn("refused connection from {peer}: {why}", peer=host, why=refusal)
             return _Refused()
         channel = super().buildProtocol(addr)

@@ -76,7 +76,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import ISSLTransport
 
-from notifyd import compat
+from notifyd import compat, uris
 from notifyd.logs import Logger
 from notifyd.router import Router
 from notifyd.session import WampSession
@@ -176,7 +176,7 @@ class WampServerProtocol(WebSocketServerProtocol):
             (getattr(local, "host", None), getattr(local, "port", None)),
             ISSLTransport.providedBy(transport),
         ):
-            self.factory.router.stats.inc("connections_refused_origin")
+            self.factory.router.stats.inc_labelled("connections_refused", "origin")
             self._nlog.info(
                 "refused WebSocket from {peer}: origin {origin} not allowed",
                 peer=self.peer,
@@ -248,7 +248,7 @@ class WampServerProtocol(WebSocketServerProtocol):
         session = self.session
         if session is not None and session.state.value in ("new", "challenged"):
             self._nlog.info("no HELLO from {peer} in time: closing", peer=self.peer)
-            session.abort("notifyd.error.hello_timeout", "no HELLO (or authentication) in time")
+            session.abort(uris.ERROR_HELLO_TIMEOUT, "no HELLO (or authentication) in time")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
@@ -298,7 +298,7 @@ class WampServerProtocol(WebSocketServerProtocol):
                     self._hello_timer = None
             except Exception:
                 self._nlog.failure("internal error handling {msg!r}", msg=msg)
-                session.abort("wamp.error.internal", "internal error")
+                session.abort(uris.ERROR_INTERNAL, "internal error")
                 return
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -329,7 +329,7 @@ class WampServerProtocol(WebSocketServerProtocol):
         self._slow = True
         stats = self.factory.router.stats
         stats.inc("slow_consumers")
-        stats.inc("events_dropped_slow_consumer")
+        stats.inc_labelled("events_dropped", "slow_consumer")
         self._nlog.warn(
             "slow consumer {peer}: more than {n} bytes waiting; disconnecting",
             peer=self.peer,
@@ -354,7 +354,7 @@ class WampServerProtocol(WebSocketServerProtocol):
     def send_event(self, event: NotifydEvent) -> None:
         if self.state != self.STATE_OPEN or self._slow:
             if self._slow:
-                self.factory.router.stats.inc("events_dropped_slow_consumer")
+                self.factory.router.stats.inc_labelled("events_dropped", "slow_consumer")
             return
         frames = event.frames
         frame = frames.get(self.subprotocol)
@@ -373,11 +373,11 @@ class WampServerProtocol(WebSocketServerProtocol):
                     e=e,
                 )
                 frames[self.subprotocol] = _UNSERIALIZABLE
-                self.factory.router.stats.inc("events_dropped_unserializable")
+                self.factory.router.stats.inc_labelled("events_dropped", "unserializable")
                 return
             frame = frames[self.subprotocol] = self.factory.prepareMessage(payload, is_binary)
         elif frame is _UNSERIALIZABLE:
-            self.factory.router.stats.inc("events_dropped_unserializable")
+            self.factory.router.stats.inc_labelled("events_dropped", "unserializable")
             return
         if self.paused and self._over_budget(len(frame.payloadHybi)):
             return

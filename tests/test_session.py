@@ -223,7 +223,7 @@ def test_subscribe_rate_limit():
     clock.advance(1)
     s.on_message(message.Subscribe(6, "a.b6"))
     assert isinstance(t.sent[-1], message.Subscribed)
-    assert router.stats.counters["rate_limited_subscribe"] == 2
+    assert router.stats.count("rate_limited", "subscribe") == 2
 
 
 def test_call_rate_limit():
