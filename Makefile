@@ -56,17 +56,17 @@ haproxy:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 
 lint: venv
-	$(VENV)/bin/ruff check notifyd tests twisted bench setup.py
-	$(VENV)/bin/ruff format --check notifyd tests twisted bench setup.py
+	$(VENV)/bin/ruff check notifyd devtools tests twisted bench setup.py
+	$(VENV)/bin/ruff format --check notifyd devtools tests twisted bench setup.py
 
 format: venv
-	$(VENV)/bin/ruff format notifyd tests twisted bench setup.py
-	$(VENV)/bin/ruff check --fix notifyd tests twisted bench setup.py
+	$(VENV)/bin/ruff format notifyd devtools tests twisted bench setup.py
+	$(VENV)/bin/ruff check --fix notifyd devtools tests twisted bench setup.py
 
 test: setup chromium haproxy lint
-	$(TEST_NODE) $(PY) -m notifyd.devbroker start
+	$(TEST_NODE) $(PY) -m devtools.devbroker start
 	@rc=0; $(TEST_NODE) $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
-	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \
+	$(TEST_NODE) $(PY) -m devtools.devbroker stop; \
 	exit $$rc
 
 # The unit tier: no RabbitMQ, no Node, no browser (tests not marked e2e;
@@ -77,18 +77,18 @@ unit: venv
 # The WebSocket conformance suite with permessage-deflate on (the 12.x and
 # 13.x cases too; slow). `make test` runs the core and 9.x cases.
 conformance: setup
-	$(TEST_NODE) $(PY) -m notifyd.devbroker start
+	$(TEST_NODE) $(PY) -m devtools.devbroker start
 	@rc=0; NOTIFYD_CONFORMANCE_COMPRESSION=1 $(TEST_NODE) $(PY) -m pytest -s tests/test_conformance.py || rc=$$?; \
-	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \
+	$(TEST_NODE) $(PY) -m devtools.devbroker stop; \
 	exit $$rc
 
 # The long fuzz run (docs/security.md): 2,000 hypothesis examples of each
 # kind (WAMP frames, AMQP messages), with and without the event log.
 # `make test` runs a slice of 60.  NOTIFYD_FUZZ_SEED=… repeats a run.
 fuzz: setup
-	$(TEST_NODE) $(PY) -m notifyd.devbroker start
+	$(TEST_NODE) $(PY) -m devtools.devbroker start
 	@rc=0; NOTIFYD_FUZZ_EXAMPLES=$${NOTIFYD_FUZZ_EXAMPLES:-2000} $(TEST_NODE) $(PY) -m pytest -s tests/test_fuzz.py || rc=$$?; \
-	$(TEST_NODE) $(PY) -m notifyd.devbroker stop; \
+	$(TEST_NODE) $(PY) -m devtools.devbroker stop; \
 	exit $$rc
 
 # The soak test (docs/operations.md): 30 minutes of mixed load on two nodes,
@@ -107,12 +107,12 @@ bench-quick: setup
 	$(PY) bench/run.py --quick
 
 demo: setup demo-kill
-	$(DEMO_NODE) $(PY) -m notifyd.devbroker start
+	$(DEMO_NODE) $(PY) -m devtools.devbroker start
 	@mkdir -p $(RUN)
 	$(VENV)/bin/twistd --pidfile=$(RUN)/notifyd.pid --logfile=$(RUN)/notifyd.log notifyd \
 	  --amqp-url '$(AMQP_URL)' --listen tcp:$(DEMO_PORT):interface=127.0.0.1 \
 	  --allow-anonymous --allow-publish demo. --history '#'
-	@$(PY) -m notifyd.devbroker wait-http http://127.0.0.1:$(DEMO_PORT)/readyz || \
+	@$(PY) -m devtools.devbroker wait-http http://127.0.0.1:$(DEMO_PORT)/readyz || \
 	  { echo "notifyd did not become ready; see $(RUN)/notifyd.log"; exit 1; }
 	@nohup $(VENV)/bin/notifyd-publish --amqp-url '$(AMQP_URL)' --logged '#' --demo --rate 0.5 \
 	  > $(RUN)/publisher.log 2>&1 & echo $$! > $(RUN)/publisher.pid
@@ -125,7 +125,7 @@ demo: setup demo-kill
 	@echo "  Logs: $(RUN)/notifyd.log, $(RUN)/publisher.log    Stop everything: make demo-stop"
 
 demo-stop: demo-kill
-	-@[ -x $(PY) ] && $(DEMO_NODE) $(PY) -m notifyd.devbroker stop
+	-@[ -x $(PY) ] && $(DEMO_NODE) $(PY) -m devtools.devbroker stop
 
 demo-kill:
 	-@[ -f $(RUN)/publisher.pid ] && kill $$(cat $(RUN)/publisher.pid) 2>/dev/null; rm -f $(RUN)/publisher.pid

@@ -35,7 +35,7 @@ PY = sys.executable
 BIN = Path(PY).parent
 sys.path.insert(0, str(ROOT))
 
-from notifyd.devbroker import Node  # noqa: E402
+from devtools.devbroker import Node  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
-from notifyd.devbroker import Node  # noqa: E402
+from devtools.devbroker import Node  # noqa: E402
 from notifyd.publisher import Publisher, PublishFailed  # noqa: E402
 
 TOPICS = ("invoice.sent", "client.created", "invoice.paid")

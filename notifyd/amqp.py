@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 from pika.adapters.twisted_connection import TwistedProtocolConnection
@@ -49,6 +49,9 @@ from notifyd.events import BadEvent, Publication
 from notifyd.logs import Logger
 from notifyd.router import PublishRejected, PublishUnavailable
 from notifyd.streams import AckBatcher, reconnect_when_cancelled
+
+if TYPE_CHECKING:
+    from notifyd.history import History
 
 
 class _QueueBinder:
@@ -156,6 +159,7 @@ class AMQPService(Service):
         observe_latency: Callable[[float], None] | None = None,
         *,
         control: Callable[[bytes], Any] | None = None,
+        history: History | None = None,
         exchange_passive: bool = False,
         prefetch: int = 256,
         dead_letter_exchange: str | None = None,
@@ -168,7 +172,8 @@ class AMQPService(Service):
             reactor = _reactor
         self._reactor = reactor
         self.urls = [url] if isinstance(url, str) else list(url)
-        self.history: Any = None
+        #: the event log, declared and followed on every connect
+        self.history = history
         self.exchange = exchange
         self.exchange_passive = exchange_passive
         self.prefetch = prefetch

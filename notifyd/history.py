@@ -22,6 +22,7 @@ admit the session.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -178,6 +179,24 @@ class History:
         if clock is None:
             from twisted.internet import reactor as clock
         self._clock = clock
+        retained.deliver_to(self.on_retained_entry)
+
+    def deliver_to(
+        self, on_entry: Callable[[int, Any], object], on_gap: Callable[[int, int], object]
+    ) -> None:
+        """Hand the event log's live entries to ``on_entry`` (after the
+        ingest step's duplicate check has seen them) and the gaps the log
+        finds to ``on_gap``.  Called once, by the router."""
+        seen = self.writer.seen if self.writer is not None else None
+        if seen is None:
+            self.log.deliver_to(on_entry, on_gap)
+            return
+
+        def entry(offset: int, msg: Any) -> None:
+            seen(msg)
+            on_entry(offset, msg)
+
+        self.log.deliver_to(entry, on_gap)
 
     # -- connection life cycle (called by the AMQP service) ---------------------------
     @inlineCallbacks

@@ -76,7 +76,7 @@ def _by_serializer(name: str, doc: str, subprotocols: Any) -> GaugeMetricFamily:
 
 
 class NotifydCollector(Collector):
-    """Reads a :class:`notifyd.tap.NotifydService` at scrape time."""
+    """Reads a node (:class:`notifyd.node.Node`) at scrape time."""
 
     def __init__(self, service: Any) -> None:
         self.service = service

@@ -9,8 +9,10 @@ was given.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Protocol
 
 from autobahn.util import id as random_id
 from twisted.internet.defer import Deferred
@@ -20,6 +22,10 @@ from notifyd.authz import Authorizer
 from notifyd.broker import Broker
 from notifyd.events import BadEvent, Publication, decode_delivery, publication_id
 from notifyd.logs import Logger
+
+if TYPE_CHECKING:
+    from notifyd.history import History
+    from notifyd.revocation import KillOrder
 from notifyd.stats import Stats
 from notifyd.uris import CLOSE_RESUME_FAILED
 
@@ -99,6 +105,9 @@ class Router:
         publisher: Publisher | None = None,
         clock: Any = None,
         stats: Stats | None = None,
+        *,
+        history: History | None = None,
+        broadcast_kill: Callable[[KillOrder], object] | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -108,12 +117,16 @@ class Router:
         self.publisher = publisher
         self.sessions: dict[int, SessionHandle] = {}
         self.stats = stats if stats is not None else Stats()
-        #: the event log (notifyd.history.History), if topics keep history
-        self.history: Any = None
-        self._logged: Any = None
+        #: the event log, if topics keep history: their events come from the
+        #: log's consumer (with their log position as publication id), not
+        #: from this node's queue
+        self.history = history
+        self._logged = history.patterns.matches if history is not None else None
         #: tells every other node to end the sessions a kill order selects
         #: (the AMQP control exchange); None: this node only
-        self.broadcast_kill: Any = None
+        self.broadcast_kill = broadcast_kill
+        if history is not None:
+            history.deliver_to(self._timed_log_entry, self.log_gap)
 
     @property
     def realm(self) -> str:
@@ -134,7 +147,7 @@ class Router:
             self.broker.detach(session)
             self.stats.inc("sessions_closed")
 
-    def kill(self, order: Any, broadcast: bool = True) -> list[int]:
+    def kill(self, order: KillOrder, broadcast: bool = True) -> list[int]:
         """End this node's sessions that ``order`` (a
         :class:`notifyd.revocation.KillOrder`) selects, with GOODBYE
         ``order.reason``; with ``broadcast``, tell the other nodes too.
@@ -149,12 +162,6 @@ class Router:
         if broadcast and self.broadcast_kill is not None:
             self.broadcast_kill(order)
         return killed
-
-    def use_history(self, history: Any) -> None:
-        """Deliver the topics ``history`` logs from its stream, not the queue."""
-        self.history = history
-        self._logged = history.patterns.matches
-        history.log.on_gap = self.log_gap
 
     def log_gap(self, expected: int, got: int) -> None:
         """Retention removed log entries before this node read them (it was
@@ -192,6 +199,11 @@ class Router:
         if not event.publication:  # no wamp-publication header
             event.publication = publication_id()
         return self._fan_out(event)
+
+    def _timed_log_entry(self, offset: int, msg: Any) -> None:
+        started = perf_counter()
+        self.on_log_entry(offset, msg)
+        self.stats.latency.observe(perf_counter() - started)
 
     def on_log_entry(self, offset: int, msg: Any) -> int:
         """Fan one event-log entry out (publication id: offset + 1)."""

@@ -102,6 +102,10 @@ Entry = Callable[[int, Any], Any]
 ``method.routing_key``, ``properties`` and ``body``."""
 
 
+def _ignore(offset: int, msg: Any) -> None:
+    """Entries of a log nobody follows (yet)."""
+
+
 class StreamLog:
     """One stream queue: declare, follow live, read ranges, find the tail."""
 
@@ -111,7 +115,6 @@ class StreamLog:
         self,
         name: str,
         arguments: dict[str, Any],
-        on_entry: Entry,
         *,
         first_start: str = "next",
         prefetch: int = 512,
@@ -126,8 +129,8 @@ class StreamLog:
         self._reactor = reactor
         self.name = name
         self.arguments = arguments
-        #: called with (offset, message) for every entry, in order
-        self.on_entry = on_entry
+        #: called with (offset, message) for every entry, in order (deliver_to)
+        self.on_entry: Entry = _ignore
         self._first_start = first_start
         self.prefetch = prefetch
         #: offset of the newest entry the live consumer has handled
@@ -153,6 +156,14 @@ class StreamLog:
         #: times the stream was found restarted (below this node's position)
         self.restarts = 0
         self._waiting_ready: list[Deferred[None]] = []
+
+    def deliver_to(self, on_entry: Entry, on_gap: Callable[[int, int], Any] | None = None) -> None:
+        """Hand every entry the live consumer reads to ``on_entry`` (offset,
+        message), in order, and retention gaps it finds to ``on_gap``
+        (expected offset, offset found).  Called once, before the log is
+        attached."""
+        self.on_entry = on_entry
+        self.on_gap = on_gap
 
     # -- connection life cycle -------------------------------------------------
     @inlineCallbacks

@@ -95,14 +95,20 @@ class FakeLog:
     ``truncate(n)`` drops the entries below offset ``n`` (retention).
     """
 
-    def __init__(self, on_entry: Any = None, chunk: int = 4) -> None:
+    def __init__(self, chunk: int = 4) -> None:
         self.entries: list[Any] = []
         self.first = 0
         self.chunk = chunk
-        self.on_entry = on_entry
+        self.on_entry: Any = None
+        self.on_gap: Any = None
         self.live_pos: int | None = None
         self.ready = True
         self.reads: list[int] = []
+
+    def deliver_to(self, on_entry: Any, on_gap: Any = None) -> None:
+        """As :meth:`notifyd.streams.StreamLog.deliver_to`."""
+        self.on_entry = on_entry
+        self.on_gap = on_gap
 
     def append(
         self,

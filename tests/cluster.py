@@ -11,7 +11,7 @@ is already running is reused and left running; one started here is stopped
 at the end of the session.  By hand (same nodes, default names)::
 
     NOTIFYD_DEV_CLUSTER_DIR=.rabbitmq/test-cluster NOTIFYD_DEV_CLUSTER_PORT=56760 \
-        python3 -m notifyd.devbroker cluster start
+        python3 -m devtools.devbroker cluster start
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from notifyd.devbroker import Cluster
+from devtools.devbroker import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from notifyd.devbroker import Node
+from devtools.devbroker import Node
 from tests.harness import AmqpPublisher, JsClient, Notifyd, unique
 
 os.environ.setdefault(

@@ -172,14 +172,13 @@ def test_metrics_export_every_declared_counter():
 
     from prometheus_client import generate_latest
 
-    from notifyd.bindings import Bindings
-    from notifyd.broker import Broker
     from notifyd.metrics import make_registry
-    from notifyd.router import Policy, Router
+    from notifyd.node import make_router
+    from notifyd.router import Policy
     from notifyd.stats import COUNTERS
 
-    broker = Broker(Bindings())
-    router = Router(broker, Policy(allow_anonymous=True), clock=object())
+    router = make_router(Policy(allow_anonymous=True), clock=object())
+    broker = router.broker
     router.stats.inc_labelled("events_rejected", "bad_json")
     router.stats.inc("sessions_closed", 3)
     service = SimpleNamespace(

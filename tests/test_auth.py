@@ -17,8 +17,8 @@ from twisted.internet.task import Clock
 from notifyd.auth import AuthConfigError, AuthFailed, CraAuthenticator, CraUser, TicketAuthenticator
 from notifyd.authz import Authorizer, RolePolicy, Rule
 from notifyd.bindings import Bindings
-from notifyd.broker import Broker
-from notifyd.router import Policy, Router
+from notifyd.node import make_router
+from notifyd.router import Policy
 from notifyd.session import State, WampSession
 from notifyd.testing import FakeBinder, FakePublisher, RecordingTransport
 from tests.keys import SECRET, ec_pair, jwks_for, rsa_pair, token
@@ -164,10 +164,10 @@ RULES = {"user": RolePolicy(subscribe=[Rule("acct.{authextra.account}.", "prefix
 def make_session(clock=None, **policy):
     bindings = Bindings()
     bindings.attach(FakeBinder(auto=True))
-    router = Router(
-        Broker(bindings),
+    router = make_router(
         Policy(authorizer=Authorizer(RULES), **policy),
-        FakePublisher(),
+        bindings=bindings,
+        publisher=FakePublisher(),
         clock=clock or Clock(),
     )
     t = RecordingTransport()
@@ -337,10 +337,10 @@ def test_odd_tokens_fail_cleanly():
 def test_unanswered_subscribes_are_capped():
     clock = Clock()
     bindings = Bindings()
-    router = Router(
-        Broker(bindings),
+    router = make_router(
         Policy(allow_anonymous=True, max_subscriptions=5),
-        FakePublisher(),
+        bindings=bindings,
+        publisher=FakePublisher(),
         clock=clock,
     )
     t = RecordingTransport()

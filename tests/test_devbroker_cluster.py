@@ -10,7 +10,7 @@ import uuid
 import pika
 import pytest
 
-from notifyd.devbroker import Cluster
+from devtools.devbroker import Cluster
 from tests.cluster import rabbit_cluster  # noqa: F401
 
 pytestmark = pytest.mark.integration

@@ -48,7 +48,7 @@ from pika import spec
 from twisted.internet import threads
 from twisted.internet.defer import inlineCallbacks
 
-from notifyd.devbroker import Node
+from devtools.devbroker import Node
 from tests.harness import (
     AmqpPublisher,
     JsClient,

@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from notifyd.devbroker import Cluster
+from devtools.devbroker import Cluster
 from tests.cluster import rabbit_cluster  # noqa: F401
 from tests.harness import Notifyd, unique
 from tests.test_history import history_args

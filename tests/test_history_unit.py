@@ -12,9 +12,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from notifyd.bindings import Bindings
-from notifyd.broker import Broker
 from notifyd.history import History, HistorySettings
-from notifyd.router import Policy, Router
+from notifyd.node import make_router
+from notifyd.router import Policy
 from notifyd.session import WampSession
 from notifyd.testing import FakeBinder, FakeLog, RecordingTransport
 from notifyd.topics import PatternSet
@@ -32,11 +32,13 @@ def setup(patterns=("invoice.#",), clock=None):
         clock=clock,
     )
     history.bindings.attach(FakeBinder(auto=True))
-    retained.on_entry = history.on_retained_entry
-    broker = Broker(bindings, new_id=lambda: next(ids), history=history)
-    router = Router(broker, Policy(allow_anonymous=True))
-    router.use_history(history)
-    log.on_entry = router.on_log_entry
+    router = make_router(
+        Policy(allow_anonymous=True),
+        bindings=bindings,
+        history=history,
+        clock=clock,
+        new_id=lambda: next(ids),
+    )
     return router, log, retained
 
 
@@ -281,8 +283,8 @@ def test_stream_follower_skips_the_chunk_head_reports_gaps_and_answers_probes():
 
     clock = Clock()
     seen, gaps = [], []
-    log = StreamLog("s", {}, lambda o, m: seen.append(o), reactor=clock)
-    log.on_gap = lambda a, b: gaps.append((a, b))
+    log = StreamLog("s", {}, reactor=clock)
+    log.deliver_to(lambda o, m: seen.append(o), lambda a, b: gaps.append((a, b)))
     log.live_pos = 5
     log._expect = 6
     probe = Deferred()
@@ -408,7 +410,7 @@ def test_probes_are_shared_fresh_and_rate_limited():
             return Deferred()
 
     clock = Clock()
-    log = StreamLog("s", {}, lambda o, m: None, reactor=clock)
+    log = StreamLog("s", {}, reactor=clock)
     log._publish_channel = pub = Pub()
     first = log.probe()
     assert len(pub.markers) == 1

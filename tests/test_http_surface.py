@@ -27,8 +27,8 @@ from twisted.python.failure import Failure
 
 from notifyd import config
 from notifyd.bindings import Bindings
-from notifyd.broker import Broker
-from notifyd.router import Policy, Router
+from notifyd.node import make_router
+from notifyd.router import Policy
 from notifyd.testing import FakeBinder
 from notifyd.websocket import ConnectionGate, WampServerFactory
 from tests.harness import ROOT, hello, raw_peer, with_timeout
@@ -308,7 +308,7 @@ def test_configured_origins_compare_scheme_host_and_port(spawn):
 
 def test_origin_rule_unit():
     bindings = Bindings()
-    router = Router(Broker(bindings), Policy(allow_anonymous=True), clock=Clock())
+    router = make_router(Policy(allow_anonymous=True), bindings=bindings, clock=Clock())
     f = WampServerFactory(router, clock=Clock())
     assert f.origin_allowed("https://127.0.0.1:8443", ("127.0.0.1", 8443), True)
     assert not f.origin_allowed("http://127.0.0.1:8443", ("127.0.0.1", 8443), True)
@@ -496,7 +496,7 @@ def test_unauthenticated_half_sent_frames_cannot_pin_memory(spawn):
 def test_closed_connections_drop_their_receive_buffers():
     bindings = Bindings()
     bindings.attach(FakeBinder(auto=True))
-    router = Router(Broker(bindings), Policy(allow_anonymous=True), clock=Clock())
+    router = make_router(Policy(allow_anonymous=True), bindings=bindings, clock=Clock())
     factory = WampServerFactory(router, clock=Clock(), max_message_size=1 << 20)
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5555))

@@ -15,8 +15,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from notifyd.bindings import Bindings
-from notifyd.broker import Broker
-from notifyd.router import Policy, Router
+from notifyd.node import make_router
+from notifyd.router import Policy
 from notifyd.testing import FakeBinder
 from notifyd.websocket import WampServerFactory
 
@@ -33,7 +33,7 @@ def clock():
 def connect(clock, **options):
     bindings = Bindings()
     bindings.attach(FakeBinder(auto=True))
-    router = Router(Broker(bindings), Policy(allow_anonymous=True), clock=clock)
+    router = make_router(Policy(allow_anonymous=True), bindings=bindings, clock=clock)
     factory = WampServerFactory(router, clock=clock, **options)
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5555))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from autobahn.wamp import message, role
 
 from notifyd.bindings import Bindings
-from notifyd.broker import Broker
-from notifyd.router import Policy, PublishRejected, PublishUnavailable, Router
+from notifyd.node import make_router
+from notifyd.router import Policy, PublishRejected, PublishUnavailable
 from notifyd.session import State, WampSession
 from notifyd.testing import FakeBinder, FakePublisher, RecordingTransport
 
@@ -15,8 +15,10 @@ def setup(allow_anonymous=True, allow_publish=("chat.",), auto=True):
     bindings, ch = Bindings(), FakeBinder(auto=auto)
     bindings.attach(ch)
     pub = FakePublisher()
-    router = Router(
-        Broker(bindings), Policy(allow_anonymous=allow_anonymous, allow_publish=allow_publish), pub
+    router = make_router(
+        Policy(allow_anonymous=allow_anonymous, allow_publish=allow_publish),
+        bindings=bindings,
+        publisher=pub,
     )
     t = RecordingTransport()
     return WampSession(router, t), t, router, ch, pub
@@ -154,8 +156,7 @@ def limited(limits=None, meta_roles=(), **kw):
     bindings = Bindings()
     bindings.attach(FakeBinder(auto=True))
     clock = Clock()
-    router = Router(
-        Broker(bindings),
+    router = make_router(
         Policy(
             allow_anonymous=True,
             allow_publish=("chat.", "log."),
@@ -163,7 +164,8 @@ def limited(limits=None, meta_roles=(), **kw):
             meta_roles=meta_roles,
             **kw,
         ),
-        FakePublisher(),
+        bindings=bindings,
+        publisher=FakePublisher(),
         clock=clock,
     )
     return router, clock

@@ -6,13 +6,13 @@ file in a project-local folder and every listener on 127.0.0.1, so it never
 touches (or depends on) a system-wide RabbitMQ.  It uses only the standard
 library, so ``make`` can call it before or after the virtualenv exists::
 
-    python3 -m notifyd.devbroker start     # start (idempotent), wait until ready
-    python3 -m notifyd.devbroker stop      # graceful stop, then stop its epmd
-    python3 -m notifyd.devbroker status
-    python3 -m notifyd.devbroker url       # print the AMQP URL
-    python3 -m notifyd.devbroker ctl list_bindings   # rabbitmqctl for this node
-    python3 -m notifyd.devbroker cluster start|stop|status|urls   # 3-node cluster
-    python3 -m notifyd.devbroker cluster ctl 1 cluster_status     # rabbitmqctl, node 1
+    python3 -m devtools.devbroker start     # start (idempotent), wait until ready
+    python3 -m devtools.devbroker stop      # graceful stop, then stop its epmd
+    python3 -m devtools.devbroker status
+    python3 -m devtools.devbroker url       # print the AMQP URL
+    python3 -m devtools.devbroker ctl list_bindings   # rabbitmqctl for this node
+    python3 -m devtools.devbroker cluster start|stop|status|urls   # 3-node cluster
+    python3 -m devtools.devbroker cluster ctl 1 cluster_status     # rabbitmqctl, node 1
 
 Settings come from the environment: ``NOTIFYD_DEV_DIR`` (default
 ``.rabbitmq`` in the current directory), ``NOTIFYD_DEV_AMQP_PORT`` (56720),
@@ -538,7 +538,7 @@ def wait_http(url: str, timeout: float = 30) -> bool:
 
 
 def cluster_main(args: list[str]) -> int:
-    """``python -m notifyd.devbroker cluster start|stop|status|urls|ctl I ARGS…``"""
+    """``python -m devtools.devbroker cluster start|stop|status|urls|ctl I ARGS…``"""
     cluster = Cluster.from_environ()
     cmd = args[0] if args else "status"
     if cmd == "start":
@@ -576,6 +576,9 @@ def cluster_main(args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return 0
     if args[:1] == ["cluster"]:
         try:
             return cluster_main(args[1:])
