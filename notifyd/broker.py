@@ -27,12 +27,13 @@ from typing import Any, Protocol
 
 from autobahn.util import id as random_id
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
 
 from notifyd.bindings import Bindings
 from notifyd.events import InboundEvent
 from notifyd.logs import Logger
 from notifyd.topics import MATCH_EXACT, MATCH_PREFIX, MATCH_WILDCARD, binding_key, wildcard_matches
-from notifyd.wamp import make_event
+from notifyd.wamp import NotifydEvent, make_event
 
 
 class Subscriber(Protocol):
@@ -43,7 +44,17 @@ class Subscriber(Protocol):
     authrole: str | None
     authextra: dict[str, Any] | None
 
-    def send_event(self, event: Any) -> None: ...
+    def send_event(self, event: NotifydEvent) -> None: ...
+
+
+class LogCoverage(Protocol):
+    """What the broker needs of the event log (a
+    :class:`notifyd.history.History`): which subscriptions it serves
+    entirely, and the bindings standing for them."""
+
+    bindings: Bindings
+
+    def covers(self, key: str) -> bool: ...
 
 
 class NoSuchSubscription(KeyError):
@@ -122,7 +133,7 @@ class Broker:
         self,
         bindings: Bindings,
         new_id: Callable[[], int] = random_id,
-        history: Any = None,
+        history: LogCoverage | None = None,
     ) -> None:
         self.bindings = bindings
         self.history = history
@@ -279,7 +290,7 @@ class Broker:
                 )
 
     @staticmethod
-    def _ignore_cancel(f: Any) -> None:
+    def _ignore_cancel(f: Failure) -> None:
         f.trap(CancelledError)
 
     def _became_ready(self, sub: Subscription) -> None:

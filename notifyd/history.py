@@ -36,7 +36,7 @@ from notifyd.logs import Logger
 from notifyd.streams import LogUnavailable, StreamLog
 from notifyd.topics import PatternSet, matches
 from notifyd.uris import ERROR_LOG_UNAVAILABLE, ERROR_NOT_RECOVERED
-from notifyd.wamp import WampError, make_event
+from notifyd.wamp import NotifydEvent, WampError, make_event
 
 if TYPE_CHECKING:
     from notifyd.broker import Subscriber, Subscription
@@ -52,11 +52,19 @@ class HistoryError(WampError):
 class _LogBinder:
     """Keys served by the log need no binding of their own."""
 
-    def bind(self, key: str) -> Any:
+    def bind(self, key: str) -> Deferred[None]:
         return succeed(None)
 
-    def unbind(self, key: str) -> Any:
+    def unbind(self, key: str) -> Deferred[None]:
         return succeed(None)
+
+
+class ReplayReader(Protocol):
+    """The session a replay is for (a :class:`notifyd.session.WampSession`)."""
+
+    def send_event(self, event: NotifydEvent) -> None: ...
+
+    def writable(self) -> Deferred[None] | None: ...
 
 
 class ReplayTarget(Protocol):
@@ -68,7 +76,7 @@ class ReplayTarget(Protocol):
     authid: str | None
     authrole: str | None
     authextra: dict[str, Any] | None
-    session: Any
+    session: ReplayReader
     #: the newest publication id the session has
     last: int
     #: False once the replay reached the live consumer
@@ -182,19 +190,20 @@ class History:
         retained.deliver_to(self.on_retained_entry)
 
     def deliver_to(
-        self, on_entry: Callable[[int, Any], object], on_gap: Callable[[int, int], object]
+        self, on_entry: Callable[[int, str, Any], object], on_gap: Callable[[int, int], object]
     ) -> None:
-        """Hand the event log's live entries to ``on_entry`` (after the
-        ingest step's duplicate check has seen them) and the gaps the log
-        finds to ``on_gap``.  Called once, by the router."""
+        """Hand the event log's live entries to ``on_entry`` (offset, topic,
+        the entry for :meth:`event_of`), after the ingest step's duplicate
+        check has seen them, and the gaps the log finds to ``on_gap``.
+        Called once, by the router."""
         seen = self.writer.seen if self.writer is not None else None
-        if seen is None:
-            self.log.deliver_to(on_entry, on_gap)
-            return
 
         def entry(offset: int, msg: Any) -> None:
-            seen(msg)
-            on_entry(offset, msg)
+            if seen is not None:
+                seen(msg)
+            topic = msg.method.routing_key
+            # not UTF-8: matches no subscription
+            on_entry(offset, topic if type(topic) is str else "", msg)
 
         self.log.deliver_to(entry, on_gap)
 
@@ -294,7 +303,9 @@ class History:
 
     # -- resume --------------------------------------------------------------------------
     @inlineCallbacks
-    def resume(self, catchup: ReplayTarget, sub: Subscription, after: int, on_ready: Any) -> Any:
+    def resume(
+        self, catchup: ReplayTarget, sub: Subscription, after: int, on_ready: Callable[[], None]
+    ) -> Any:
         """Replay the log after publication id ``after`` into ``catchup``.
 
         ``on_ready()`` is called once the replay is known to be complete (so
@@ -362,7 +373,12 @@ class History:
 
     @inlineCallbacks
     def _replay(
-        self, catchup: ReplayTarget, sub: Subscription, after: int, on_ready: Any, sent: list[int]
+        self,
+        catchup: ReplayTarget,
+        sub: Subscription,
+        after: int,
+        on_ready: Callable[[], None],
+        sent: list[int],
     ) -> Any:
         start = after  # the offset of publication id after + 1
         session = catchup.session

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.internet.defer import maybeDeferred
 
 from notifyd import uris, wamp
+from notifyd.authz import Identity
 from notifyd.revocation import KillOrder, check_message, check_reason
 from notifyd.streams import LogUnavailable
 from notifyd.topics import MATCH_POLICIES, InvalidTopic, validate_pattern, validate_topic
@@ -75,6 +76,7 @@ from notifyd.uris import (
 
 if TYPE_CHECKING:
     from notifyd.broker import Subscription
+    from notifyd.router import Router
 
 
 #: get_events calls one session may have running (they share the node's readers)
@@ -89,13 +91,13 @@ class Caller(Protocol):
     """The calling session as the meta API sees it (a
     :class:`notifyd.session.WampSession`, which imports this module)."""
 
-    router: Any
+    router: Router
     session_id: int
     authid: str | None
     authrole: str | None
     history_calls: int
 
-    def identity(self) -> Any: ...
+    def identity(self) -> Identity: ...
 
     def charge_call(self, tokens: int) -> bool: ...
 

@@ -19,9 +19,10 @@ from twisted.internet.defer import Deferred
 
 from notifyd.auth import CraAuthenticator, TicketAuthenticator
 from notifyd.authz import Authorizer
-from notifyd.broker import Broker
-from notifyd.events import BadEvent, Publication, decode_delivery, publication_id
+from notifyd.broker import Broker, Subscription
+from notifyd.events import BadEvent, InboundEvent, Publication, decode_delivery, publication_id
 from notifyd.logs import Logger
+from notifyd.ratelimit import Limits
 
 if TYPE_CHECKING:
     from notifyd.history import History
@@ -74,7 +75,7 @@ class Policy:
     #: roles that may see other sessions through the meta API
     meta_roles: tuple[str, ...] = ()
     #: per-session rate limits (a notifyd.ratelimit.Limits; None: its defaults)
-    limits: Any = None
+    limits: Limits | None = None
 
     def __post_init__(self) -> None:
         if self.authorizer is None:
@@ -200,26 +201,24 @@ class Router:
             event.publication = publication_id()
         return self._fan_out(event)
 
-    def _timed_log_entry(self, offset: int, msg: Any) -> None:
+    def _timed_log_entry(self, offset: int, topic: str, entry: object) -> None:
         started = perf_counter()
-        self.on_log_entry(offset, msg)
+        self.on_log_entry(offset, topic, entry)
         self.stats.latency.observe(perf_counter() - started)
 
-    def on_log_entry(self, offset: int, msg: Any) -> int:
-        """Fan one event-log entry out (publication id: offset + 1)."""
-        topic = msg.method.routing_key
-        if not isinstance(topic, str):
-            topic = ""  # not UTF-8: matches no subscription, skipped below
+    def on_log_entry(self, offset: int, topic: str, entry: object) -> int:
+        """Fan one event-log entry out (publication id: offset + 1); the
+        event log decodes ``entry`` only if a subscription wants ``topic``."""
         subs = [sub for sub in self.broker.match(topic, ready=False) if sub.has_subscribers]
         if not subs:
             self.stats.inc("log_entries_skipped")
             return 0
-        event = self.history.event_of(offset, msg)
+        event = self.history.event_of(offset, entry)
         if event is None:
             return 0
         return self._fan_out(event, subs)
 
-    def _fan_out(self, event: Any, subs: list[Any] | None = None) -> int:
+    def _fan_out(self, event: InboundEvent, subs: list[Subscription] | None = None) -> int:
         self.stats.inc("events_received")
         n = self.broker.dispatch(event, subs)
         self.stats.inc("events_delivered", n)

@@ -62,6 +62,7 @@ from typing import Any, Protocol
 from autobahn.util import generate_token
 from autobahn.wamp import message
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from notifyd import resume, uris, wamp
@@ -71,7 +72,7 @@ from notifyd.broker import NoSuchSubscription, Subscription
 from notifyd.events import PayloadError, encode_publication, publication_id
 from notifyd.logs import Logger
 from notifyd.meta import MetaApi
-from notifyd.ratelimit import Limits, SessionLimits
+from notifyd.ratelimit import Limits, SessionLimits, TokenBucket
 from notifyd.router import PublishRejected, PublishUnavailable, Router
 from notifyd.topics import InvalidTopic, validate_pattern, validate_topic
 from notifyd.uris import (
@@ -139,7 +140,7 @@ class WampSession:
         self._challenge: tuple[str, Any] | None = None
         # the broker calls this once per delivery: no extra frame in between
         self.send_event = transport.send_event
-        self._expiry: Any = None
+        self._expiry: IDelayedCall | None = None
         #: this session's token buckets (set at WELCOME)
         self.limits: SessionLimits | None = None
 
@@ -343,7 +344,7 @@ class WampSession:
             return
         self._welcome(principal)
 
-    def _auth_failed(self, method: str, authid: Any, e: AuthFailed) -> None:
+    def _auth_failed(self, method: str, authid: object, e: AuthFailed) -> None:
         self._log.info(
             "authentication ({method}) failed for {peer}{who}: {reason}",
             method=method,
@@ -641,7 +642,7 @@ class WampSession:
         pass  # no call is ever pending: there is nothing to cancel
 
     # -- helpers -------------------------------------------------------------------
-    def _take(self, bucket: Any, n: float = 1) -> bool:
+    def _take(self, bucket: TokenBucket | None, n: float = 1) -> bool:
         return bucket is None or bucket.take(self.router.clock.seconds(), n)
 
     def charge_call(self, n: float) -> bool:
