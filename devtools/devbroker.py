@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -204,9 +205,19 @@ class Node:
         return proc.stdout
 
     def start(self, timeout: float = 120) -> None:
-        """Start the node unless it runs already; return once it is ready."""
+        """Start the node unless it runs already; return once it is ready.
+
+        An Erlang distribution that fails to come up (``nodistribution``:
+        the node could not register with its epmd, seen on loaded machines)
+        is retried once with a fresh epmd."""
         server = self.launch()
-        self.wait_ready(timeout, server)
+        try:
+            self.wait_ready(timeout, server)
+        except NodeError as e:
+            if "nodistribution" not in str(e) or self.epmd is not None:
+                raise
+            self._stop_epmd()
+            self.wait_ready(timeout, self.launch())
 
     def launch(self) -> subprocess.Popen | None:
         """Start the server process unless one runs already; do not wait.
@@ -218,6 +229,8 @@ class Node:
         if self.server_pid() is not None:
             return None
         self._prepare()
+        if self.epmd is None:
+            self._start_epmd()
         with open(self.base / "log" / "server.out", "ab") as log:
             return subprocess.Popen(
                 [str(RABBITMQ_BIN / "rabbitmq-server")],
@@ -282,6 +295,21 @@ class Node:
                 time.sleep(0.1)
         if stop_epmd if stop_epmd is not None else self.epmd is None:
             self._stop_epmd()
+
+    def _start_epmd(self, timeout: float = 10) -> None:
+        """Start the node's own epmd and wait until it accepts connections,
+        so the node's distribution never races its start-up."""
+        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+        subprocess.run([epmd, "-daemon"], env=self.environ(), capture_output=True, timeout=10)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.epmd_port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    return  # rabbitmq-server starts one itself; its error says more
+                time.sleep(0.1)
 
     def _stop_epmd(self) -> None:
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
