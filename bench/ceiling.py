@@ -1,7 +1,8 @@
 """The raw ceiling, for ratios: the least work a broadcaster can do.
 
 A minimal asyncio server: a hand-written WebSocket handshake, and for each
-AMQP message one pre-built text frame written to every socket.  The AMQP
+AMQP message one pre-built text frame written to every socket (or, for
+clients that named a routing key, ``/ws?topic=…``, to those of that key).  The AMQP
 side is pika in a thread (blocking consumer, no acks) handing bodies to the
 event loop.
 
@@ -20,6 +21,8 @@ import pika
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TRANSPORTS: set = set()
+#: routing key -> transports of clients that named it (``/ws?topic=…``, scenario T)
+BY_TOPIC: dict = {}
 
 
 class Server(asyncio.Protocol):
@@ -34,6 +37,9 @@ class Server(asyncio.Protocol):
         if b"\r\n\r\n" not in self.buf:
             return
         key = b""
+        request = self.buf.split(b"\r\n", 1)[0].split(b" ")
+        target = request[1] if len(request) > 1 else b""
+        self.topic = target.split(b"topic=", 1)[1].decode() if b"topic=" in target else None
         for line in self.buf.split(b"\r\n"):
             if line.lower().startswith(b"sec-websocket-key:"):
                 key = line.split(b":", 1)[1].strip()
@@ -42,10 +48,14 @@ class Server(asyncio.Protocol):
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
         )
-        TRANSPORTS.add(self.transport)
+        if self.topic is None:
+            TRANSPORTS.add(self.transport)
+        else:
+            BY_TOPIC.setdefault(self.topic, set()).add(self.transport)
 
     def connection_lost(self, exc):
         TRANSPORTS.discard(self.transport)
+        BY_TOPIC.get(getattr(self, "topic", None), set()).discard(self.transport)
 
 
 def frame(payload: bytes) -> bytes:
@@ -57,9 +67,11 @@ def frame(payload: bytes) -> bytes:
     return bytes([0x81, 127]) + n.to_bytes(8, "big") + payload
 
 
-def broadcast(body: bytes) -> None:
+def broadcast(topic: str, body: bytes) -> None:
     data = frame(body)
     for t in TRANSPORTS:
+        t.write(data)
+    for t in BY_TOPIC.get(topic, ()):
         t.write(data)
 
 
@@ -70,8 +82,8 @@ def consume(loop, url: str, exchange: str) -> None:
     queue = ch.queue_declare("", exclusive=True).method.queue
     ch.queue_bind(queue, exchange, "#")
     print("READY", flush=True)
-    for _method, _props, body in ch.consume(queue, auto_ack=True):
-        loop.call_soon_threadsafe(broadcast, body)
+    for method, _props, body in ch.consume(queue, auto_ack=True):
+        loop.call_soon_threadsafe(broadcast, method.routing_key, body)
 
 
 async def main() -> None:

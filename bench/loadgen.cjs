@@ -10,6 +10,12 @@
 // per-event latency percentiles (receive time - "sent" in the body), losses
 // and gaps by sequence number, first/last receive times.
 //
+// "topicFormat" ("u{i}.invoice.sent") gives connection i its own topic (scenario
+// T).  "mode": "stomp" speaks STOMP 1.2 over WebSocket to RabbitMQ's Web-STOMP
+// plugin instead of WAMP: CONNECT, then one SUBSCRIBE per topic to
+// /exchange/<stompExchange>/<topic> with a receipt (ready once it arrives).
+// In raw mode a topicFormat is passed as ?topic=… in the URL.
+//
 // "subscribeOptions" are added to every SUBSCRIBE's options (e.g.
 // {"_resume_after": 1234} to resume from a log position); the summary then
 // has the time the first SUBSCRIBE went out ("subscribe_sent") and, with
@@ -22,7 +28,10 @@ const cfg = JSON.parse(process.argv[2]);
 const n = cfg.n;
 const mode = cfg.mode || "wamp";
 const expect = cfg.expect || 0;
-const topicsFor = (i) => (cfg.topicPerClient ? [`${cfg.topicPerClient}.${i}`] : cfg.topics || []);
+const topicsFor = (i) =>
+  cfg.topicFormat ? [cfg.topicFormat.replace("{i}", String(i))]
+  : cfg.topicPerClient ? [`${cfg.topicPerClient}.${i}`] : cfg.topics || [];
+const ownTopic = !!(cfg.topicPerClient || cfg.topicFormat);
 
 let subscribed = 0;
 let done = 0;
@@ -95,7 +104,7 @@ function onEvent(i, value, publication) {
   }
   if (value && typeof value.seq === "number") {
     if (value.seq <= lastSeq[i]) duplicates += 1;
-    else if (value.seq !== lastSeq[i] + 1 && !cfg.topicPerClient) gaps += value.seq - lastSeq[i] - 1;
+    else if (value.seq !== lastSeq[i] + 1 && !ownTopic) gaps += value.seq - lastSeq[i] - 1;
     lastSeq[i] = Math.max(lastSeq[i], value.seq);
   }
   if (expect && perConn[i] === expect) {
@@ -105,10 +114,53 @@ function onEvent(i, value, publication) {
   if (cfg.expectTotal && totalEvents === cfg.expectTotal) finish("complete");
 }
 
+function stompFrame(command, headers, body) {
+  const lines = [command, ...Object.entries(headers).map(([k, v]) => `${k}:${v}`)];
+  return lines.join("\n") + "\n\n" + (body || "") + "\0";
+}
+
+function openStomp(i, ws) {
+  let pending = 0;
+  ws.on("open", () => {
+    ws.send(stompFrame("CONNECT", { "accept-version": "1.2", host: "/", login: "guest",
+                                    passcode: "guest", "heart-beat": "0,0" }));
+  });
+  ws.on("message", (data) => {
+    const text = data.toString();
+    for (const raw of text.split("\0")) {
+      const frame = raw.replace(/^\n+/, "");
+      if (!frame) continue;
+      const split = frame.indexOf("\n\n");
+      const command = frame.slice(0, frame.indexOf("\n"));
+      const body = split >= 0 ? frame.slice(split + 2) : "";
+      if (command === "CONNECTED") {
+        topicsFor(i).forEach((t, k) => {
+          pending += 1;
+          if (subscribeSent === null) subscribeSent = Date.now() / 1000;
+          ws.send(stompFrame("SUBSCRIBE", { id: String(k), destination: `/exchange/${cfg.stompExchange}/${t}`,
+                                            ack: "auto", receipt: `r${k}` }));
+        });
+        if (pending === 0) ready();
+      } else if (command === "RECEIPT") {
+        pending -= 1;
+        if (pending === 0) ready();
+      } else if (command === "MESSAGE") {
+        onEvent(i, JSON.parse(body));
+      } else if (command === "ERROR") {
+        process.stderr.write(`conn ${i}: ${frame}\n`);
+      }
+    }
+  });
+}
+
 function open(i) {
-  const ws = new WebSocket(cfg.url, mode === "wamp" ? ["wamp.2.json"] : [], { perMessageDeflate: false });
+  const raw = mode === "raw" && cfg.topicFormat;
+  const url = raw ? `${cfg.url}?topic=${topicsFor(i)[0]}` : cfg.url;
+  const protocols = mode === "wamp" ? ["wamp.2.json"] : mode === "stomp" ? ["v12.stomp"] : [];
+  const ws = new WebSocket(url, protocols, { perMessageDeflate: false });
   sockets.push(ws);
   ws.on("error", (e) => { process.stderr.write(`conn ${i}: ${e.message}\n`); });
+  if (mode === "stomp") { openStomp(i, ws); return; }
   ws.on("open", () => {
     if (mode !== "wamp") { ready(); return; }
     ws.send(JSON.stringify([1, cfg.realm || "realm1", { roles: { subscriber: {} } }]));

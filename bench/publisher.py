@@ -4,8 +4,12 @@
                                  "count": 200, "rate": 0}'
 
 rate 0 publishes as fast as the connection allows; otherwise at
-``rate`` events per second.  With "topics": N, each event goes to a random
-``<topic>.<k>`` (k < N).  Prints one JSON line with what it sent.
+``rate`` events per second, each one confirmed -- or, with "paced": true, at
+``rate`` without waiting for confirms (for rates a confirm round trip per
+event cannot reach; scenario T).  With "topics": N, each event goes to a random
+``<topic>.<k>`` (k < N); with "roundRobin": N and "topicFormat" (``{k}`` in
+it), event ``seq`` goes to ``topicFormat`` with k = seq mod N.  Prints one JSON
+line with what it sent.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ def main() -> None:
     ch = conn.channel()
     ch.exchange_declare(cfg["exchange"], exchange_type="topic", durable=True)
     rate = cfg.get("rate", 0)
-    if rate:
+    if rate and not cfg.get("paced"):
         ch.confirm_delivery()  # paced: confirm each one
     # as fast as possible: no per-message confirm (losses would show up as
     # gaps at the load generator, which checks every sequence number)
@@ -38,8 +42,10 @@ def main() -> None:
             delay = start + seq * interval - time.time()
             if delay > 0:
                 time.sleep(delay)
-        topic = cfg["topic"]
-        if cfg.get("topics"):
+        topic = cfg.get("topic", "")
+        if cfg.get("roundRobin"):
+            topic = cfg["topicFormat"].format(k=seq % cfg["roundRobin"])
+        elif cfg.get("topics"):
             topic = f"{topic}.{rnd.randrange(cfg['topics'])}"
         body = json.dumps(
             {

@@ -15,6 +15,15 @@ Scenarios (see docs/performance.md):
   F  two notifyd processes (one per core, clients split between them) against one
   H  history cost: A and B with and without ``--history '#'``, and the time to
      resume (replay) 10,000 missed events into one client
+  T  targeted events: N subscribers, each on its own topic (u<i>.invoice.sent),
+     events round-robin so each reaches exactly one; server CPU per event at a
+     fixed rate (the client core cannot hide the server's cost), and the most
+     events/s unpaced; losses and order
+
+Peers: seed (hand-rolled Tornado broadcaster), ceiling (raw asyncio writer) and,
+for A, B and T, RabbitMQ's own Web-STOMP plugin ("webstomp": STOMP over
+WebSocket, one queue per subscription, all inside the RabbitMQ process, so its
+server CPU is RabbitMQ's).
 
 Run a subset with ``--only A,F``.
 """
@@ -50,6 +59,8 @@ QUICK = {
     "F": (1000, 60),
     # H: (N, events) as in A, (N, seconds) as in B, events to resume
     "H": ((500, 60), (500, 5), 10000),
+    # T: N, fixed rate (events/s), seconds at that rate, events for the unpaced run
+    "T": (1000, 2000, 5, 10000),
 }
 FULL = {
     "A": (1000, 300),
@@ -59,9 +70,13 @@ FULL = {
     "E": 5000,
     "F": (2000, 300),
     "H": ((1000, 300), (1000, 15), 10000),
+    "T": (1000, 3000, 20, 40000),
 }
 #: pid of the bench RabbitMQ node (its CPU is reported where it matters)
 BROKER_PID: int | None = None
+#: the bench node's Web-STOMP listener (the "webstomp" peer), on loopback
+WEB_STOMP_PORT = 56744
+PEERS = ("seed", "notifyd", "webstomp", "ceiling")
 
 
 def raise_fd_limit() -> None:
@@ -173,6 +188,43 @@ class Server:
             self.proc.kill()
 
 
+class WebStomp:
+    """RabbitMQ's Web-STOMP plugin as a peer: it runs inside the bench node,
+    so its CPU is the node's."""
+
+    kind = "webstomp"
+    url = f"ws://127.0.0.1:{WEB_STOMP_PORT}/ws"
+
+    def cpu(self) -> float:
+        return broker_cpu() or 0.0
+
+    def stop(self) -> None:
+        pass
+
+
+def serve(kind: str, amqp: str, exchange: str, port: int, extra: list[str] | None = None):
+    """The server of one peer: a process of our own, or the bench node's
+    Web-STOMP listener (the exchange must exist before STOMP subscribes)."""
+    if kind == "webstomp":
+        declare_exchange(amqp, exchange)
+        return WebStomp()
+    return Server(kind, amqp, exchange, port, extra=extra)
+
+
+def client_mode(kind: str) -> str:
+    return {"notifyd": "wamp", "webstomp": "stomp"}.get(kind, "raw")
+
+
+def declare_exchange(amqp: str, exchange: str) -> None:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(amqp))
+    try:
+        conn.channel().exchange_declare(exchange, exchange_type="topic", durable=True)
+    finally:
+        conn.close()
+
+
 class LoadGen:
     def __init__(self, cfg: dict, pin: bool = True) -> None:
         args = ["node", str(ROOT / "bench" / "loadgen.cjs"), json.dumps(cfg)]
@@ -267,17 +319,18 @@ def scenario_a(
 ) -> dict:
     ex = fresh_exchange()
     streams = HistoryStreams(amqp, ex) if history else None
-    srv = Server(kind, amqp, ex, port, extra=streams.args if streams else None)
+    srv = serve(kind, amqp, ex, port, extra=streams.args if streams else None)
     try:
         lg = LoadGen(
             {
                 "url": srv.url,
                 "n": n,
-                "mode": "wamp" if kind == "notifyd" else "raw",
+                "mode": client_mode(kind),
                 "topics": [topic],
                 "expect": k,
                 "timeout": 300,
                 "holdOpen": True,
+                "stompExchange": ex,
             }
         )
         cpu0, bcpu0 = srv.cpu(), broker_cpu()
@@ -321,17 +374,18 @@ def scenario_b(
 ) -> dict:
     ex = fresh_exchange()
     streams = HistoryStreams(amqp, ex) if history else None
-    srv = Server(kind, amqp, ex, port, extra=streams.args if streams else None)
+    srv = serve(kind, amqp, ex, port, extra=streams.args if streams else None)
     k = 20 * seconds
     try:
         lg = LoadGen(
             {
                 "url": srv.url,
                 "n": n,
-                "mode": "wamp" if kind == "notifyd" else "raw",
+                "mode": client_mode(kind),
                 "topics": [topic],
                 "expect": k,
                 "timeout": seconds + 120,
+                "stompExchange": ex,
             }
         )
         cpu0, bcpu0 = srv.cpu(), broker_cpu()
@@ -353,6 +407,63 @@ def scenario_b(
         "server_cpu_s": cpu,
         "server_cpu_pct": cpu / seconds * 100,
         "broker_cpu_s": bcpu,
+    }
+
+
+def scenario_t(amqp: str, kind: str, n: int, rate: int, count: int, *, port: int = 18086) -> dict:
+    """T: ``count`` events round-robin over ``n`` own-topic subscribers, at
+    ``rate`` events/s (0: as fast as the publisher goes)."""
+    ex = fresh_exchange()
+    srv = serve(kind, amqp, ex, port)
+    topic = "u{i}.invoice.sent"
+    try:
+        lg = LoadGen(
+            {
+                "url": srv.url,
+                "n": n,
+                "mode": client_mode(kind),
+                "topicFormat": topic,
+                "expectTotal": count,
+                "timeout": 600,
+                "batch": 100,
+                "holdOpen": True,
+                "stompExchange": ex,
+            }
+        )
+        cpu0, bcpu0 = srv.cpu(), broker_cpu()
+        t0 = time.time()
+        publish(
+            amqp,
+            ex,
+            topicFormat=topic.replace("{i}", "{k}"),
+            roundRobin=n,
+            count=count,
+            rate=rate,
+            paced=True,
+        )
+        res = lg.summary()
+        cpu, bcpu = srv.cpu() - cpu0, cpu_delta(bcpu0, broker_cpu())
+        lg.close()
+    finally:
+        srv.stop()
+    delivered = res["events"]
+    seconds = (res["last_recv"] or t0) - t0
+    return {
+        "kind": kind,
+        "n": n,
+        "rate": rate,
+        "events": count,
+        "delivered": delivered,
+        "missing": res["missing"],
+        # each connection checks its sequence numbers only go up
+        "out_of_order": res["duplicates"],
+        "seconds": seconds,
+        "events_per_s": delivered / seconds if seconds > 0 else 0,
+        "server_cpu_s": cpu,
+        "cpu_per_event_us": cpu / delivered * 1e6 if delivered else None,
+        "broker_cpu_s": bcpu,
+        "broker_cpu_per_event_us": bcpu / delivered * 1e6 if delivered and bcpu else None,
+        "latency_ms": res["latency_ms"],
     }
 
 
@@ -621,11 +732,27 @@ def git_commit() -> str | None:
     return f"{head}+dirty" if head and dirty else head or None
 
 
+def bench_node() -> Node:
+    """The benchmarks' private RabbitMQ node, with the Web-STOMP plugin on
+    loopback (the "webstomp" peer)."""
+    return Node(
+        base=ROOT / ".rabbitmq" / "bench",
+        amqp_port=56740,
+        name="notifyd-bench",
+        plugins=("rabbitmq_web_stomp",),
+        extra_conf=(
+            "web_stomp.tcp.ip = 127.0.0.1",
+            f"web_stomp.tcp.port = {WEB_STOMP_PORT}",
+            f"stomp.listeners.tcp.1 = 127.0.0.1:{WEB_STOMP_PORT - 1}",
+        ),
+    )
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
     sizes = QUICK if quick else FULL
     raise_fd_limit()
-    node = Node(base=ROOT / ".rabbitmq" / "bench", amqp_port=56740, name="notifyd-bench")
+    node = bench_node()
     node.start()
     amqp = node.url
     global BROKER_PID
@@ -647,12 +774,10 @@ def main() -> int:
     try:
         if want("A"):
             n, k = sizes["A"]
-            results["A"] = [scenario_a(amqp, kind, n, k) for kind in ("seed", "notifyd", "ceiling")]
+            results["A"] = [scenario_a(amqp, kind, n, k) for kind in PEERS]
         if want("B"):
             n, secs = sizes["B"]
-            results["B"] = [
-                scenario_b(amqp, kind, n, secs) for kind in ("seed", "notifyd", "ceiling")
-            ]
+            results["B"] = [scenario_b(amqp, kind, n, secs) for kind in PEERS]
         if want("C") or want("E"):
             results["CE"] = scenario_ce(amqp, sizes["C"])
         if want("D"):
@@ -663,6 +788,12 @@ def main() -> int:
             results["F"] = scenario_f(amqp, n, k)
         if want("H"):
             results["H"] = scenario_h(amqp, sizes["H"])
+        if want("T"):
+            n, rate, secs, unpaced = sizes["T"]
+            results["T"] = {
+                "fixed": [scenario_t(amqp, kind, n, rate, rate * secs) for kind in PEERS],
+                "max": [scenario_t(amqp, kind, n, 0, unpaced) for kind in PEERS],
+            }
     finally:
         node.stop()
     out = ROOT / "bench" / "results"
@@ -692,7 +823,9 @@ def report(r: dict) -> None:
         print(
             f"   {'peer':<9} {'N':>5} {'events':>7} {'deliv/s':>10} {'server CPU':>11} {'µs CPU/deliv':>13} {'lost':>5} {'gaps':>5}"
         )
-        for kind in ("seed", "notifyd", "ceiling"):
+        for kind in PEERS:
+            if kind not in a:
+                continue
             x = a[kind]
             print(
                 f"   {kind:<9} {x['n']:>5} {x['events']:>7} {x['deliveries_per_s']:>10.0f} "
@@ -708,7 +841,9 @@ def report(r: dict) -> None:
         print(
             f"   {'peer':<9} {'N':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'server CPU':>11} {'lost':>5}"
         )
-        for kind in ("seed", "notifyd", "ceiling"):
+        for kind in PEERS:
+            if kind not in b:
+                continue
             x = b[kind]
             lat = x["latency_ms"]
             print(
@@ -738,6 +873,32 @@ def report(r: dict) -> None:
         )
     if "H" in r:
         report_h(r["H"])
+    if "T" in r:
+        report_t(r["T"])
+
+
+def report_t(t: dict) -> None:
+    print("\nT  targeted events: N subscribers, own topic each, each event to exactly one")
+    print(
+        f"   {'peer':<9} {'N':>5} {'rate/s':>7} {'events':>7} {'events/s':>9} {'server CPU':>11} "
+        f"{'µs CPU/event':>13} {'RabbitMQ µs/ev':>15} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'disorder':>8}"
+    )
+    for run in ("fixed", "max"):
+        for x in t[run]:
+            lat = x["latency_ms"]
+            rmq = x["broker_cpu_per_event_us"]
+            print(
+                f"   {x['kind']:<9} {x['n']:>5} {x['rate'] or 'max':>7} {x['events']:>7} "
+                f"{x['events_per_s']:>9.0f} {x['server_cpu_s']:>10.2f}s "
+                f"{x['cpu_per_event_us'] or 0:>13.1f} {rmq if rmq is not None else 0:>15.1f} "
+                f"{lat['p50'] or 0:>7.1f} {lat['p99'] or 0:>7.1f} {x['missing']:>5} {x['out_of_order']:>8}"
+            )
+    fixed = {x["kind"]: x for x in t["fixed"]}
+    if "notifyd" in fixed:
+        print(
+            f"   notifyd: {fixed['notifyd']['cpu_per_event_us'] or 0:.1f} µs server CPU per targeted "
+            f"event at {fixed['notifyd']['rate']}/s (target <= 25)"
+        )
 
 
 def _secs(x: float | None) -> str:

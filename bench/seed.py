@@ -2,7 +2,9 @@
 
 A Tornado ``WebSocketHandler`` plus a pika consumer (pika's Tornado adapter)
 that ``json.dumps`` each message and ``write_message``s it to every socket.
-No WAMP, no filtering: every client gets every event.
+No WAMP, no filtering: every client gets every event -- except a client
+that names its topic in the URL (``/ws?topic=u7.invoice.sent``, scenario T),
+which gets the events of that routing key only.
 
     python bench/seed.py PORT AMQP_URL EXCHANGE
 """
@@ -17,6 +19,8 @@ from pika.adapters.tornado_connection import TornadoConnection
 from tornado import ioloop, web, websocket
 
 CLIENTS: set = set()
+#: routing key -> the clients that asked for it (scenario T)
+BY_TOPIC: dict = {}
 
 
 class Socket(websocket.WebSocketHandler):
@@ -24,10 +28,15 @@ class Socket(websocket.WebSocketHandler):
         return True
 
     def open(self) -> None:
-        CLIENTS.add(self)
+        self.topic = self.get_argument("topic", None)
+        if self.topic is None:
+            CLIENTS.add(self)
+        else:
+            BY_TOPIC.setdefault(self.topic, set()).add(self)
 
     def on_close(self) -> None:
         CLIENTS.discard(self)
+        BY_TOPIC.get(self.topic, set()).discard(self)
 
 
 def main() -> None:
@@ -37,11 +46,12 @@ def main() -> None:
 
     def on_message(channel, method, properties, body):
         message = json.dumps(json.loads(body))
-        for client in list(CLIENTS):
+        for client in list(CLIENTS) + list(BY_TOPIC.get(method.routing_key, ())):
             try:
                 client.write_message(message)
             except websocket.WebSocketClosedError:
                 CLIENTS.discard(client)
+                BY_TOPIC.get(client.topic, set()).discard(client)
         channel.basic_ack(method.delivery_tag)
 
     def on_channel(channel):

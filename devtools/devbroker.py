@@ -86,6 +86,10 @@ class Node:
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Extra ``rabbitmq.conf`` lines.
     extra_conf: tuple[str, ...] = ()
+    #: Plugins to enable (shipped with Debian's rabbitmq-server), e.g.
+    #: ``("rabbitmq_web_stomp",)`` for the benchmarks' Web-STOMP peer; their
+    #: listeners must be put on loopback through ``extra_conf``.
+    plugins: tuple[str, ...] = ()
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> Node:
@@ -163,7 +167,7 @@ class Node:
             cookie.write_text(os.urandom(16).hex().upper())
         cookie.chmod(0o400)
         (b / "rabbitmq-env.conf").write_text("")
-        (b / "enabled_plugins").write_text("[].\n")
+        (b / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         (b / "rabbitmq.conf").write_text(
             "\n".join(
                 [

@@ -235,7 +235,12 @@
       max: backoff.max || 30,
       growth: backoff.growth || 1.7,
       jitter: backoff.jitter === undefined ? 0.2 : backoff.jitter,
+      // the first retry after a live connection is lost waits initial plus a
+      // random share of this many seconds: when a node dies, its browsers
+      // arrive at the others spread out, not in lockstep
+      spread: backoff.spread === undefined ? 3 : backoff.spread,
     };
+    this._wasLive = false;
     this._delay = this._backoff.initial;
     this._listeners = {};
     this._wanted = []; // {topic, options, handle, sub}
@@ -311,6 +316,7 @@
       self._position = null; // asked once per session, when needed
       deferTransportClose(conn);
       self._delay = self._backoff.initial;
+      self._wasLive = true;
       if (self._everLive) { self.reconnects += 1; }
       self._everLive = true;
       self._setState("live", { session: session.id, reconnects: self.reconnects });
@@ -341,7 +347,14 @@
     }
     var b = this._backoff;
     var delay = this._delay;
-    if (b.jitter) { delay = delay * (1 + (Math.random() * 2 - 1) * b.jitter); }
+    if (this._wasLive && b.spread) {
+      // a live session just ended (a node died or shut down): spread the
+      // reconnects of all its browsers over b.spread seconds
+      delay = delay + Math.random() * b.spread;
+    } else if (b.jitter) {
+      delay = delay * (1 + (Math.random() * 2 - 1) * b.jitter);
+    }
+    this._wasLive = false;
     this._delay = Math.min(this._delay * b.growth, b.max);
     this._setState(this._everLive ? "reconnecting" : "connecting", {
       reason: reason,

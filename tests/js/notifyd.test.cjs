@@ -65,7 +65,7 @@ function connect(ab, extra) {
     autobahn: ab,
     url: "ws://example.test/ws",
     toasts: false,
-    backoff: { initial: 1, max: 4, growth: 2, jitter: 0 },
+    backoff: { initial: 1, max: 4, growth: 2, jitter: 0, spread: 0 },
     ...extra,
   });
 }
@@ -163,6 +163,27 @@ test("a router GOODBYE (system shutdown) is followed by a reconnect", async (t) 
   const s = ab.connections[1].join(2);
   await settle();
   assert.deepEqual(s.subscribes.map((x) => x.topic), ["invoice.sent"]);
+});
+
+test("the first retry after a live session is spread out; later ones back off", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  t.mock.method(Math, "random", () => 0.5);
+  const ab = fakeAutobahn();
+  const n = connect(ab, { backoff: { initial: 1, max: 30, growth: 2, jitter: 0.2, spread: 4 } });
+  const delays = [];
+  n.on("disconnect", (d) => delays.push(d.retryIn));
+  ab.connections[0].join(1);
+  await settle();
+  ab.connections[0].lose(); // live -> lost: initial + 0.5 * spread
+  t.mock.timers.tick(3000);
+  ab.connections[1].lose("unreachable"); // not live: growth, jitter 0 at random 0.5
+  t.mock.timers.tick(2000);
+  assert.deepEqual(delays, [3, 2]);
+  assert.equal(ab.connections.length, 3);
+  ab.connections[2].join(2);
+  await settle();
+  ab.connections[2].lose(); // live again: spread again
+  assert.deepEqual(delays, [3, 2, 3]);
 });
 
 test("backoff is capped", async (t) => {

@@ -32,7 +32,7 @@ const notifier = NotifyD.connect({
   autobahn,
   url,
   toasts: false,
-  backoff: { initial: 0.2, max: 2, growth: 1.5, jitter: 0.2 },
+  backoff: { initial: 0.2, max: 2, growth: 1.5, jitter: 0.2, spread: 0.5 },
 });
 notifier.on("state", (state, info) => report({ ev: "state", state, session: info.session || null,
   wampReason: info.wampReason || null }));
