@@ -5,9 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN := .run
 # `make demo` and `make test` each run their own private RabbitMQ node.
-DEMO_NODE := NOTIFYD_DEV_DIR=$(CURDIR)/.rabbitmq/demo NOTIFYD_DEV_AMQP_PORT=56720 NOTIFYD_DEV_NODENAME=notifyd-demo
-TEST_NODE := NOTIFYD_DEV_DIR=$(CURDIR)/.rabbitmq/test NOTIFYD_DEV_AMQP_PORT=56730 NOTIFYD_DEV_NODENAME=notifyd-test
-AMQP_URL := amqp://guest:guest@127.0.0.1:56720/%2F
+DEMO_NODE := NOTIFYD_DEV_DIR=$(CURDIR)/.rabbitmq/demo NOTIFYD_DEV_AMQP_PORT=26720 NOTIFYD_DEV_NODENAME=notifyd-demo
+TEST_NODE := NOTIFYD_DEV_DIR=$(CURDIR)/.rabbitmq/test NOTIFYD_DEV_AMQP_PORT=26730 NOTIFYD_DEV_NODENAME=notifyd-test
+AMQP_URL := amqp://guest:guest@127.0.0.1:26720/%2F
 DEMO_PORT ?= 8080
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -30,6 +30,7 @@ setup(
         "pika>=1.3",
         "msgpack>=1.0",
         "cbor2>=5.4",
+        "orjson>=3.9",
         "pyjwt[crypto]>=2.8",
         "prometheus-client>=0.17",
     ],

@@ -16,6 +16,14 @@
 // /exchange/<stompExchange>/<topic> with a receipt (ready once it arrives).
 // In raw mode a topicFormat is passed as ?topic=… in the URL.
 //
+// "reconnectUrl": when the server drops a connection (scenario R, a node
+// dying), it connects again at once to that URL and SUBSCRIBEs with
+// "_resume_after" set to the last publication id it got (or "resumeFrom" if it
+// got none).  The summary then has "resubscribed" (connections subscribed again)
+// and "storm" (first drop, last SUBSCRIBED after a drop, in seconds since epoch).
+// With "expectSeq": N and "topicFormat", connection i must receive exactly the
+// seq values i, i+N, i+2N, ... below "expectTotal": "missing" counts the holes.
+//
 // "subscribeOptions" are added to every SUBSCRIBE's options (e.g.
 // {"_resume_after": 1234} to resume from a log position); the summary then
 // has the time the first SUBSCRIBE went out ("subscribe_sent") and, with
@@ -53,19 +61,36 @@ const lastPub = new Array(n).fill(-1);
 let pubFirst = null;
 let pubLast = null;
 let pubDisorder = 0;
+let resubscribed = 0;
+let firstDrop = null;
+let lastResubscribe = null;
+const reconnected = new Array(n).fill(false);
+const seqSeen = cfg.expectSeq ? new Array(n).fill(null).map(() => new Set()) : null;
 
 function finish(reason) {
   if (finished) return;
   latencies.sort((a, b) => a - b);
   const q = (p) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : null);
-  const missing = expect
+  let missing = expect
     ? perConn.reduce((acc, c) => acc + Math.max(0, expect - c), 0)
     : Math.max(0, (cfg.expectTotal || 0) - totalEvents);
+  if (seqSeen) {
+    missing = 0;
+    for (let i = 0; i < n; i++) {
+      for (let s = i; s < cfg.expectTotal; s += cfg.expectSeq) {
+        if (!seqSeen[i].has(s)) {
+          missing += 1;
+          process.stderr.write(`conn ${i}: seq ${s} missing (reconnected ${reconnected[i]}, last publication ${lastPub[i]})\n`);
+        }
+      }
+    }
+  }
   process.stdout.write(JSON.stringify({
     reason, n, expect, events: totalEvents, missing, gaps, duplicates,
     ready_ms: readyAt, first_recv: firstRecv, last_recv: lastRecv,
     subscribe_sent: subscribeSent, subscribed_at: subscribedAt,
     publications: checkPubs ? { first: pubFirst, last: pubLast, disorder: pubDisorder } : null,
+    resubscribed, storm: { first_drop: firstDrop, last_resubscribed: lastResubscribe },
     cpu_s: (() => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; })(),
     latency_ms: { p50: q(0.5), p99: q(0.99), max: latencies.length ? latencies[latencies.length - 1] : null,
                   count: latencies.length },
@@ -102,8 +127,12 @@ function onEvent(i, value, publication) {
     // sample latencies (all of them for small runs)
     if (latencies.length < 2_000_000) latencies.push((now - value.sent) * 1000);
   }
+  if (seqSeen && value && typeof value.seq === "number") seqSeen[i].add(value.seq);
   if (value && typeof value.seq === "number") {
-    if (value.seq <= lastSeq[i]) duplicates += 1;
+    if (value.seq <= lastSeq[i]) {
+      duplicates += 1;
+      if (cfg.expectSeq) process.stderr.write(`conn ${i}: seq ${value.seq} after ${lastSeq[i]} (publication ${publication}, reconnected ${reconnected[i]})\n`);
+    }
     else if (value.seq !== lastSeq[i] + 1 && !ownTopic) gaps += value.seq - lastSeq[i] - 1;
     lastSeq[i] = Math.max(lastSeq[i], value.seq);
   }
@@ -155,7 +184,8 @@ function openStomp(i, ws) {
 
 function open(i) {
   const raw = mode === "raw" && cfg.topicFormat;
-  const url = raw ? `${cfg.url}?topic=${topicsFor(i)[0]}` : cfg.url;
+  const base = reconnected[i] ? cfg.reconnectUrl : cfg.url;
+  const url = raw ? `${base}?topic=${topicsFor(i)[0]}` : base;
   const protocols = mode === "wamp" ? ["wamp.2.json"] : mode === "stomp" ? ["v12.stomp"] : [];
   const ws = new WebSocket(url, protocols, { perMessageDeflate: false });
   sockets.push(ws);
@@ -164,6 +194,13 @@ function open(i) {
   ws.on("open", () => {
     if (mode !== "wamp") { ready(); return; }
     ws.send(JSON.stringify([1, cfg.realm || "realm1", { roles: { subscriber: {} } }]));
+  });
+  ws.on("close", () => {
+    if (!cfg.reconnectUrl || reconnected[i] || finished) return;
+    // the node went away: come back at once (a storm), resuming
+    if (firstDrop === null) firstDrop = Date.now() / 1000;
+    reconnected[i] = true;
+    open(i);
   });
   let pending = 0;
   ws.on("message", (data) => {
@@ -174,6 +211,7 @@ function open(i) {
         topicsFor(i).forEach((t, k) => {
           pending += 1;
           const opts = Object.assign(cfg.match ? { match: cfg.match } : {}, cfg.subscribeOptions || {});
+          if (reconnected[i]) opts._resume_after = lastPub[i] >= 0 ? lastPub[i] : cfg.resumeFrom;
           if (subscribeSent === null) subscribeSent = Date.now() / 1000;
           ws.send(JSON.stringify([32, k + 1, opts, t]));
         });
@@ -181,6 +219,11 @@ function open(i) {
         break;
       case 33: // SUBSCRIBED
         pending -= 1;
+        if (reconnected[i]) {
+          resubscribed += 1;
+          lastResubscribe = Date.now() / 1000;
+          break;
+        }
         if (pending === 0) ready();
         break;
       case 36: // EVENT

@@ -15,6 +15,10 @@ Scenarios (see docs/performance.md):
   F  two notifyd processes (one per core, clients split between them) against one
   H  history cost: A and B with and without ``--history '#'``, and the time to
      resume (replay) 10,000 missed events into one client
+  R  reconnect storm: N clients on one node, each on its own logged topic,
+     while events flow; the node is killed (SIGKILL) and every client
+     reconnects at once to a second node, resuming from its last publication
+     id: time until all are subscribed again, and nothing lost
   T  targeted events: N subscribers, each on its own topic (u<i>.invoice.sent),
      events round-robin so each reaches exactly one; server CPU per event at a
      fixed rate (the client core cannot hide the server's cost), and the most
@@ -61,6 +65,8 @@ QUICK = {
     "H": ((500, 60), (500, 5), 10000),
     # T: N, fixed rate (events/s), seconds at that rate, events for the unpaced run
     "T": (1000, 2000, 5, 10000),
+    # R: clients, event rate, seconds before the kill, seconds after it
+    "R": (2000, 500, 3, 6),
 }
 FULL = {
     "A": (1000, 300),
@@ -71,11 +77,12 @@ FULL = {
     "F": (2000, 300),
     "H": ((1000, 300), (1000, 15), 10000),
     "T": (1000, 3000, 20, 40000),
+    "R": (5000, 500, 5, 15),
 }
 #: pid of the bench RabbitMQ node (its CPU is reported where it matters)
 BROKER_PID: int | None = None
 #: the bench node's Web-STOMP listener (the "webstomp" peer), on loopback
-WEB_STOMP_PORT = 56744
+WEB_STOMP_PORT = 26744
 PEERS = ("seed", "notifyd", "webstomp", "ceiling")
 
 
@@ -467,6 +474,84 @@ def scenario_t(amqp: str, kind: str, n: int, rate: int, count: int, *, port: int
     }
 
 
+def scenario_r(amqp: str, n: int, rate: int, before: int, after: int) -> dict:
+    """R: the reconnect storm of a dying node."""
+    ex = fresh_exchange()
+    streams = HistoryStreams(amqp, ex)
+    extra = [*streams.args, "--max-connections-per-address", "0"]
+    first = Server("notifyd", amqp, ex, 18088, extra=extra)
+    second = Server("notifyd", amqp, ex, 18089, extra=extra)
+    topic = "u{i}.invoice.sent"
+    count = rate * (before + after)
+    try:
+        start = log_position(second)
+        lg = LoadGen(
+            {
+                "url": first.url,
+                "reconnectUrl": second.url,
+                "resumeFrom": start,
+                "n": n,
+                "mode": "wamp",
+                "topicFormat": topic,
+                "checkPublications": True,
+                "expectSeq": n,
+                "expectTotal": count,
+                "timeout": before + after + 60,
+                "batch": 100,
+            }
+        )
+        cpu0 = second.cpu()
+        pub = subprocess.Popen(
+            pinned(
+                CLIENT_CPU,
+                [
+                    PY,
+                    str(ROOT / "bench" / "publisher.py"),
+                    json.dumps(
+                        {
+                            "url": amqp,
+                            "exchange": ex,
+                            "topicFormat": topic.replace("{i}", "{k}"),
+                            "roundRobin": n,
+                            "count": count,
+                            "rate": rate,
+                            "paced": True,
+                        }
+                    ),
+                ],
+            ),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(before)
+        killed = time.time()
+        first.proc.kill()
+        pub.wait(after + 120)
+        res = lg.result()
+        cpu = second.cpu() - cpu0
+    finally:
+        first.stop()
+        second.stop()
+        streams.drop()
+    storm = res["storm"]
+    return {
+        "clients": n,
+        "rate": rate,
+        "events": count,
+        "received": res["events"],
+        "missing": res["missing"],
+        "duplicates": res["duplicates"],
+        "disorder": (res["publications"] or {}).get("disorder"),
+        "resubscribed": res["resubscribed"],
+        "all_resubscribed_s": (storm["last_resubscribed"] or killed) - killed
+        if res["resubscribed"] == n
+        else None,
+        "first_drop_s": (storm["first_drop"] or killed) - killed,
+        "second_node_cpu_s": cpu,
+        "reason": res["reason"],
+    }
+
+
 def scenario_ce(amqp: str, m: int) -> dict:
     ex = fresh_exchange()
     srv = Server("notifyd", amqp, ex, 18082)
@@ -737,7 +822,7 @@ def bench_node() -> Node:
     loopback (the "webstomp" peer)."""
     return Node(
         base=ROOT / ".rabbitmq" / "bench",
-        amqp_port=56740,
+        amqp_port=26740,
         name="notifyd-bench",
         plugins=("rabbitmq_web_stomp",),
         extra_conf=(
@@ -788,6 +873,8 @@ def main() -> int:
             results["F"] = scenario_f(amqp, n, k)
         if want("H"):
             results["H"] = scenario_h(amqp, sizes["H"])
+        if want("R"):
+            results["R"] = scenario_r(amqp, *sizes["R"])
         if want("T"):
             n, rate, secs, unpaced = sizes["T"]
             results["T"] = {
@@ -875,6 +962,17 @@ def report(r: dict) -> None:
         report_h(r["H"])
     if "T" in r:
         report_t(r["T"])
+    if "R" in r:
+        x = r["R"]
+        done = x["all_resubscribed_s"]
+        print(
+            f"\nR  reconnect storm: {x['clients']} clients, own logged topic each, {x['rate']} events/s; "
+            f"node killed: all {x['resubscribed']} resumed on the other node in "
+            f"{f'{done:.2f} s' if done is not None else 'NOT ALL'} (target < 10 s); "
+            f"{x['received']} of {x['events']} events received, {x['missing']} lost, "
+            f"{x['duplicates']} duplicates, {x['disorder']} out of order; "
+            f"second node CPU {x['second_node_cpu_s']:.2f} s"
+        )
 
 
 def report_t(t: dict) -> None:

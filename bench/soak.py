@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {
         **os.environ,
         "NOTIFYD_DEV_DIR": str(ROOT / ".rabbitmq" / "soak"),
-        "NOTIFYD_DEV_AMQP_PORT": "56740",
+        "NOTIFYD_DEV_AMQP_PORT": "26740",
         "NOTIFYD_DEV_NODENAME": "notifyd-soak",
     }
     rabbit = Node.from_environ(env)

@@ -15,16 +15,18 @@ library, so ``make`` can call it before or after the virtualenv exists::
     python3 -m devtools.devbroker cluster ctl 1 cluster_status     # rabbitmqctl, node 1
 
 Settings come from the environment: ``NOTIFYD_DEV_DIR`` (default
-``.rabbitmq`` in the current directory), ``NOTIFYD_DEV_AMQP_PORT`` (56720),
+``.rabbitmq`` in the current directory), ``NOTIFYD_DEV_AMQP_PORT`` (26720),
 ``NOTIFYD_DEV_NODENAME`` (``notifyd-dev``).  The distribution port is the AMQP
 port + 1 and the private epmd listens on the AMQP port + 2.
 
 The cluster (:class:`Cluster`) uses ``NOTIFYD_DEV_CLUSTER_DIR`` (default
-``.rabbitmq/cluster``) and ``NOTIFYD_DEV_CLUSTER_PORT`` (56790): node *i*
+``.rabbitmq/cluster``) and ``NOTIFYD_DEV_CLUSTER_PORT`` (26790): node *i*
 listens for AMQP on that port + 10*i (distribution + 1) and all nodes share
-one epmd on that port + 2.  Ports in use by the project: 56720 demo/dev
-node, 56730 test node, 56740 bench node, 56760-56781 test cluster,
-56790-56811 dev cluster.
+one epmd on that port + 2.  Ports in use by the project: 26720 demo/dev
+node, 26730 test node, 26740 bench node (26743-26744 its STOMP listeners),
+26760-26781 test cluster, 26790-26811 dev cluster: all below the kernel's
+ephemeral range (32768-60999 on Linux), so no client socket of a test or a
+benchmark can hold one (epmd does not bind over a TIME_WAIT port).
 
 Facts this relies on (see shared/STACK-NOTES.md): the ``/usr/sbin`` wrappers
 switch user and directory, so the scripts under ``/usr/lib/rabbitmq/bin`` are
@@ -71,7 +73,7 @@ class Node:
     """One private RabbitMQ node living in ``base``."""
 
     base: Path
-    amqp_port: int = 56720
+    amqp_port: int = 26720
     name: str = "notifyd-dev"
     #: Host part of the Erlang node name; must resolve to 127.0.0.1.
     host: str = "localhost"
@@ -96,7 +98,7 @@ class Node:
         env = os.environ if environ is None else environ
         return cls(
             base=Path(env.get("NOTIFYD_DEV_DIR", ".rabbitmq")).absolute(),
-            amqp_port=int(env.get("NOTIFYD_DEV_AMQP_PORT", "56720")),
+            amqp_port=int(env.get("NOTIFYD_DEV_AMQP_PORT", "26720")),
             name=env.get("NOTIFYD_DEV_NODENAME", "notifyd-dev"),
         )
 
@@ -377,7 +379,7 @@ class Cluster:
         env = os.environ if environ is None else environ
         return cls(
             base=Path(env.get("NOTIFYD_DEV_CLUSTER_DIR", ".rabbitmq/cluster")).absolute(),
-            first_port=int(env.get("NOTIFYD_DEV_CLUSTER_PORT", "56790")),
+            first_port=int(env.get("NOTIFYD_DEV_CLUSTER_PORT", "26790")),
         )
 
     @property

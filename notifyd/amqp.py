@@ -191,7 +191,7 @@ class AMQPService(Service):
         self.setup_failures = 0
         self._client: ClientService | None = None
         self._consumer: tuple[Any, str] | None = None
-        self._acks = AckBatcher(reactor)
+        self._acks = AckBatcher(reactor, batch=prefetch // 4)
         self._conn: TwistedProtocolConnection | None = None
         self._publish_channel: Any = None
         self.queue: str | None = None
@@ -410,8 +410,8 @@ class AMQPService(Service):
         """Deliveries acked (or about to be, this reactor turn)."""
         return self._acks.count
 
-    # Acks are batched: one basic.ack(multiple=True) per reactor turn covers
-    # every delivery fanned out in that turn.  A reject first flushes the
+    # Acks are batched (streams.AckBatcher): one basic.ack(multiple=True)
+    # covers every delivery fanned out before it.  A reject first flushes the
     # pending acks, so "multiple" never covers a rejected delivery.
     def _reject(self, channel: Any, tag: int) -> None:
         self._acks.flush()

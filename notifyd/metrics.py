@@ -38,6 +38,7 @@ notifyd_log_entries_undecodable_total      counter reason (``unchecked``, ``bad_
 notifyd_log_writes_total                   counter (events written to the log by this node)
 notifyd_log_writes_failed_total            counter
 notifyd_log_duplicates_skipped_total       counter
+notifyd_log_reads_total                    counter source (``memory``, ``stream``)
 notifyd_replays_interrupted_total          counter
 notifyd_log_restarts_total                 counter
 notifyd_log_gaps_total                     counter
@@ -162,6 +163,15 @@ class NotifydCollector(Collector):
                 "times the event-log stream was found restarted below this node's position",
                 value=history.log.restarts,
             )
+            reads = CounterMetricFamily(
+                "notifyd_log_reads",
+                "event-log reads (resumes, get_events) by where they started: the node's "
+                "memory of the newest entries, or a stream consumer",
+                labels=["source"],
+            )
+            reads.add_metric(["memory"], history.log.reads_from_memory)
+            reads.add_metric(["stream"], history.log.reads_from_stream)
+            yield reads
             yield CounterMetricFamily(
                 "notifyd_replays_interrupted",
                 "replays and get_events calls that lost RabbitMQ and went on after it came back",

@@ -119,6 +119,7 @@ def make_history(settings: configmod.Config, reactor: Any, stats: Stats | None =
         settings.history_stream,
         arguments,
         prefetch=settings.prefetch,
+        memory=settings.history_memory,
         reactor=reactor,
     )
     return History(

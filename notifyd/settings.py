@@ -475,6 +475,14 @@ SETTINGS: tuple[Setting, ...] = (
         checks.between(1, 1000),
     ),
     Setting(
+        "history_memory",
+        int,
+        10000,
+        "Newest event-log entries each node keeps in memory: resumes and get_events "
+        "within them read no stream (a reconnect storm after a node dies); 0: none.",
+        checks.between(0, 1000000),
+    ),
+    Setting(
         "web_root",
         str,
         None,

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 
 from notifyd.events import Publication
+from notifyd.streams import RecentEntries
 
 
 class FakeBinder:
@@ -93,12 +94,15 @@ class FakeLog:
     holding the requested offset (chunks of ``chunk`` entries, as RabbitMQ
     does), skips nothing itself, and sees entries appended meanwhile.
     ``truncate(n)`` drops the entries below offset ``n`` (retention).
+    ``memory`` entries are kept as the real log's :class:`RecentEntries`
+    (resumes of exact subscriptions within them look only at their topic).
     """
 
-    def __init__(self, chunk: int = 4) -> None:
+    def __init__(self, chunk: int = 4, memory: int = 0) -> None:
         self.entries: list[Any] = []
         self.first = 0
         self.chunk = chunk
+        self.recent = RecentEntries(memory)
         self.on_entry: Any = None
         self.on_gap: Any = None
         self.live_pos: int | None = None
@@ -152,6 +156,8 @@ class FakeLog:
         for offset in range(start, len(self.entries)):
             self.live_pos = offset
             entry = self.entries[offset]
+            marker = "x-notifyd-marker" in entry.properties.headers
+            self.recent.append(offset, None if marker else entry)
             if self.on_entry is not None and "x-notifyd-marker" not in entry.properties.headers:
                 self.on_entry(offset, entry)
 

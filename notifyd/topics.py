@@ -61,6 +61,23 @@ def validate_topic(uri: object) -> str:
     return uri
 
 
+#: concrete topics found valid lately (the hot path sees the same routing
+#: keys again and again); cleared when full
+_CHECKED: set[str] = set()
+_CHECKED_MAX = 65536
+
+
+def checked_topic(uri: str) -> str:
+    """:func:`validate_topic` for a string, remembering the valid ones."""
+    if uri in _CHECKED:
+        return uri
+    validate_topic(uri)
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED.add(uri)
+    return uri
+
+
 def validate_pattern(uri: object, match: str) -> str:
     """Return ``uri`` if it is a valid SUBSCRIBE topic for ``match``."""
     if match == MATCH_EXACT:

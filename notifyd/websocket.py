@@ -364,7 +364,7 @@ class WampServerProtocol(WebSocketServerProtocol):
                 if payload is not None:
                     is_binary = False
                 else:
-                    payload, is_binary = self._wamp_serializer.serialize(event)
+                    payload, is_binary = self._wamp_serializer.serialize(event.message())
             except Exception as e:
                 self._nlog.warn(
                     "event on {topic} cannot be encoded as {ser}: {e}",

@@ -6,11 +6,11 @@ the suite never starts three Erlang VMs)::
     from tests.cluster import rabbit_cluster  # noqa: F401
 
 The cluster lives in ``.rabbitmq/test-cluster``; node *i* listens for AMQP on
-56760 + 10*i (``NOTIFYD_TEST_CLUSTER_PORT`` overrides 56760).  A cluster that
+26760 + 10*i (``NOTIFYD_TEST_CLUSTER_PORT`` overrides 26760).  A cluster that
 is already running is reused and left running; one started here is stopped
 at the end of the session.  By hand (same nodes, default names)::
 
-    NOTIFYD_DEV_CLUSTER_DIR=.rabbitmq/test-cluster NOTIFYD_DEV_CLUSTER_PORT=56760 \
+    NOTIFYD_DEV_CLUSTER_DIR=.rabbitmq/test-cluster NOTIFYD_DEV_CLUSTER_PORT=26760 \
         python3 -m devtools.devbroker cluster start
 """
 
@@ -32,7 +32,7 @@ def rabbit_cluster() -> Iterator[Cluster]:
     """A running 3-node cluster (started if needed, stopped if started here)."""
     cluster = Cluster(
         base=ROOT / ".rabbitmq" / "test-cluster",
-        first_port=int(os.environ.get("NOTIFYD_TEST_CLUSTER_PORT", "56760")),
+        first_port=int(os.environ.get("NOTIFYD_TEST_CLUSTER_PORT", "26760")),
     )
     started = [i for i, node in enumerate(cluster.nodes) if node.server_pid() is None]
     try:

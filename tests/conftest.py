@@ -13,7 +13,7 @@ from tests.harness import AmqpPublisher, JsClient, Notifyd, unique
 os.environ.setdefault(
     "NOTIFYD_DEV_DIR", os.path.join(os.path.dirname(__file__), "..", ".rabbitmq", "test")
 )
-os.environ.setdefault("NOTIFYD_DEV_AMQP_PORT", "56730")
+os.environ.setdefault("NOTIFYD_DEV_AMQP_PORT", "26730")
 os.environ.setdefault("NOTIFYD_DEV_NODENAME", "notifyd-test")
 
 

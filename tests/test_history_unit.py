@@ -16,15 +16,16 @@ from notifyd.history import History, HistorySettings
 from notifyd.node import make_router
 from notifyd.router import Policy
 from notifyd.session import WampSession
+from notifyd.streams import LogUnavailable
 from notifyd.testing import FakeBinder, FakeLog, RecordingTransport
 from notifyd.topics import PatternSet
 
 
-def setup(patterns=("invoice.#",), clock=None):
+def setup(patterns=("invoice.#",), clock=None, memory=0):
     ids = itertools.count(100)
     bindings = Bindings()
     bindings.attach(FakeBinder(auto=True))
-    log, retained = FakeLog(), FakeLog()
+    log, retained = FakeLog(memory=memory), FakeLog()
     history = History(
         HistorySettings(patterns=PatternSet(list(patterns)), max_message_size=1 << 20),
         log,
@@ -72,8 +73,9 @@ def test_log_positions_are_publication_ids_and_logged_subscriptions_need_no_bind
     assert router.on_delivery("invoice.sent", None, b"{}") == 0
 
 
-def test_resume_replays_what_was_missed_then_live_exactly_once():
-    router, log, _ = setup()
+@pytest.mark.parametrize("memory", [0, 100], ids=["from the stream", "from memory"])
+def test_resume_replays_what_was_missed_then_live_exactly_once(memory):
+    router, log, _ = setup(memory=memory)
     for i in range(10):
         log.append("invoice.sent" if i % 2 == 0 else "invoice.paid", {"seq": i})
     s, t = session(router)
@@ -86,8 +88,9 @@ def test_resume_replays_what_was_missed_then_live_exactly_once():
     assert [e.publication for e in t.events] == [5, 7, 9, 11]
 
 
-def test_live_events_during_a_paced_replay_are_neither_lost_nor_doubled():
-    router, log, _ = setup()
+@pytest.mark.parametrize("memory", [0, 100, 4], ids=["stream", "memory", "memory moves on"])
+def test_live_events_during_a_paced_replay_are_neither_lost_nor_doubled(memory):
+    router, log, _ = setup(memory=memory)
     for i in range(6):
         log.append("invoice.sent", {"seq": i})
     s, t = session(router)
@@ -298,7 +301,30 @@ def test_stream_follower_skips_the_chunk_head_reports_gaps_and_answers_probes():
     assert seen == [9] and gaps == [(6, 9)]
     assert probe.result == 10 and log.live_pos == 10
     clock.advance(0)
+    assert channel.acks == []  # acks wait for a batch or a short delay
+    clock.advance(0.01)
     assert channel.acks == [(4, True)]  # every delivery acked, in one batch
+
+
+def test_acks_go_out_in_batches_of_a_quarter_prefetch_or_after_a_delay():
+    from notifyd.streams import AckBatcher
+
+    clock = Clock()
+    channel = _Channel()
+    acks = AckBatcher(clock, batch=3, delay=0.01)
+    for tag in (1, 2, 3, 4):
+        acks.later(channel, tag)
+    assert channel.acks == [(3, True)]  # the batch is full: at once
+    clock.advance(0.009)
+    assert channel.acks == [(3, True)]
+    clock.advance(0.002)
+    assert channel.acks == [(3, True), (4, True)]  # the rest after the delay
+    acks.later(channel, 5)
+    acks.flush()  # a reject or a stop flushes at once
+    assert channel.acks == [(3, True), (4, True), (5, True)]
+    clock.advance(1)
+    assert channel.acks == [(3, True), (4, True), (5, True)]
+    assert acks.count == 5
 
 
 def test_log_entries_reach_sessions_while_their_subscription_waits_for_a_rebind():
@@ -470,3 +496,81 @@ def test_subscribes_piling_up_on_a_resume_are_bounded():
         subscribe(s, "invoice.sent", request=request, _resume_after=0)
     errors = [m for m in t.sent if isinstance(m, message.Error)]
     assert [m.error for m in errors] == ["notifyd.error.too_many_subscriptions"] * 2
+
+
+def _memory_log(size, offsets, clock=None):
+    from notifyd.streams import StreamLog
+
+    log = StreamLog("s", {}, memory=size, reactor=clock or Clock())
+    channel = _Channel()
+    for tag, offset in enumerate(offsets, 1):
+        log._entry(channel, _entry(offset, tag, "m" if offset % 5 == 4 else None))
+    return log
+
+
+def test_reads_within_memory_need_no_stream_consumer():
+    log = _memory_log(8, range(0, 12))  # memory holds 4..11; 4 and 9 are markers
+    seen = []
+
+    def handler(offset, msg):
+        seen.append((offset, msg is None))
+        return offset >= log.live_pos
+
+    # no connection at all: only memory can answer
+    d = log.read(6, handler)
+    assert d.called and d.result is None
+    assert seen == [(6, False), (7, False), (8, False), (9, True), (10, False), (11, False)]
+    assert (log.reads_from_memory, log.reads_from_stream) == (1, 0)
+    # older than memory: the stream is asked (and is not there)
+    failed = log.read(2, handler)
+    failed.addErrback(lambda f: f.trap(LogUnavailable))
+    assert log.reads_from_stream == 1
+
+
+def test_a_paced_read_goes_on_from_memory_or_falls_back_to_the_stream():
+    log = _memory_log(4, range(0, 4))
+    seen, gate = [], []
+
+    def handler(offset, msg):
+        seen.append(offset)
+        if offset == 1:
+            gate.append(Deferred())
+            return gate[-1]  # the client's socket is full
+        return offset >= 9
+
+    d = log.read(0, handler)
+    assert seen == [0, 1] and not d.called
+    channel = _Channel()
+    for tag, offset in enumerate((4, 5), 10):  # meanwhile 0..1 leave memory
+        log._entry(channel, _entry(offset, tag))
+    gate[0].callback(None)
+    assert seen == [0, 1, 2, 3, 4, 5]  # 2 is still held: on from memory
+    # nothing newer yet: the stream consumer takes over (none here)
+    failed = []
+    d.addErrback(lambda f: failed.append(f.trap(LogUnavailable)))
+    assert failed == [LogUnavailable]
+
+
+def test_memory_starts_over_when_offsets_jump_and_indexes_topics():
+    from types import SimpleNamespace
+
+    from notifyd.streams import RecentEntries
+
+    def msg(topic):
+        return SimpleNamespace(method=SimpleNamespace(routing_key=topic))
+
+    recent = RecentEntries(3)
+    for offset, topic in enumerate(("a", "b", "a", "a")):
+        recent.append(offset, msg(topic))
+    assert [o for o, _ in recent.since(0)] == [1, 2, 3] and not recent.holds(0)
+    assert [o for o, _ in recent.of_topic("a", 0)] == [2, 3]  # 0 left memory
+    assert [o for o, _ in recent.of_topic("a", 3)] == [3]
+    assert recent.of_topic("c", 0) == []
+    recent.append(4, None)  # a marker: no topic
+    assert [o for o, _ in recent.of_topic("b", 0)] == []  # 1 left memory
+    recent.append(10, msg("a"))  # a gap (retention, a new stream)
+    assert [o for o, _ in recent.since(0)] == [10] and not recent.holds(3)
+    assert [o for o, _ in recent.of_topic("a", 0)] == [10]
+    off = RecentEntries(0)
+    off.append(0, msg("a"))
+    assert len(off) == 0 and not off.holds(0)

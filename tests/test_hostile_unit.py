@@ -58,6 +58,10 @@ def test_ordinary_unicode_topics_pass():
         b"9007199254740992",
         b"-9223372036854775809",
         b"[NaN]",
+        # a 16-digit run (here in a string) takes the standard library's path
+        b'{"id": "INV-1234567890123456", "n": 1e999}',
+        b'{"id": "INV-1234567890123456", "s": "\\ud800"}',
+        b'{"id": "INV-1234567890123456", "n": [NaN]}',
     ],
 )
 def test_bodies_a_client_could_not_read_are_bad_json(body):
@@ -70,6 +74,8 @@ def test_bodies_at_the_limits_pass():
     assert decode(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH).args
     assert decode(b"[1e308, 9007199254740991, -9007199254740991]").args
     assert decode(b'"\\ud83d\\ude00"').args == ["\U0001f600"]
+    assert decode(b"[900719925474099]").args == [[900719925474099]]  # orjson's path
+    assert decode(b'{"id": "INV-1234567890123456"}').args == [{"id": "INV-1234567890123456"}]
 
 
 def test_only_bad_event_ever_escapes_decoding():

@@ -146,3 +146,17 @@ def test_amqp_contains_agrees_with_brute_force(outer, inner):
     assert [patterns.matches(k) for k in keys] == [amqp_matches(outer, k) for k in keys]
     both = any(amqp_matches(outer, k) and amqp_matches(inner, k) for k in keys)
     assert amqp_intersects(outer, inner) == both
+
+
+def test_checked_topic_remembers_only_valid_topics():
+    from notifyd import topics
+
+    topics._CHECKED.clear()
+    assert topics.checked_topic("invoice.sent") == "invoice.sent"
+    assert "invoice.sent" in topics._CHECKED
+    for bad in ("invoice..sent", "a.\x00", "acct.\u202eevil"):
+        with pytest.raises(topics.InvalidTopic):
+            topics.checked_topic(bad)
+        with pytest.raises(topics.InvalidTopic):  # and again: nothing was remembered
+            topics.checked_topic(bad)
+    assert topics._CHECKED == {"invoice.sent"}
