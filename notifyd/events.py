@@ -53,7 +53,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -241,9 +240,12 @@ def _bounded(text: str) -> int:
 
 _INF = float("inf")
 _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite, parse_int=_bounded)
-#: a run of 16 digits: maybe an integer beyond ±2^53-1, which orjson would
-#: turn into a float (above 2^64) instead of refusing it
-_LONG_NUMBER = re.compile(rb"\d{16}")
+#: one pass over a body finds what needs a closer look: digits map to "0"
+#: (sixteen in a row may be an integer beyond ±2^53-1, which orjson would turn
+#: into a float above 2^64 instead of refusing it) and "[" and "{" to "["
+#: (more than MAX_DEPTH may nest too deep); everything else to a space
+_MARKS = bytes(48 if 48 <= b <= 57 else 91 if b in (91, 123) else 32 for b in range(256))
+_SIXTEEN_DIGITS = b"0" * 16
 
 
 def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
@@ -296,13 +298,16 @@ def parse_body(body: bytes) -> Any:
     orjson parses (strict UTF-8, no lone surrogates, no NaN or Infinity, no
     number that overflows a double: the rules every client needs) unless the
     body holds a 16-digit run; then the standard library's decoder, whose
-    hooks refuse integers outside ±2^53-1, decides."""
-    if _LONG_NUMBER.search(body) is None:
+    hooks refuse integers outside ±2^53-1, decides, and the walk checks the
+    rest."""
+    marks = body.translate(_MARKS)
+    if _SIXTEEN_DIGITS not in marks:
         value = orjson.loads(body)
-    else:
-        value = _DECODER.decode(body.decode("utf-8"))
-    if body.count(b"[") + body.count(b"{") > MAX_DEPTH or b"\\ud" in body or b"\\uD" in body:
-        check_value(value)
+        if marks.count(b"[") > MAX_DEPTH:
+            check_value(value)
+        return value
+    value = _DECODER.decode(body.decode("utf-8"))
+    check_value(value)
     return value
 
 
