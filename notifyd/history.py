@@ -447,6 +447,7 @@ class History:
         log = self.log
         recent = log.recent
         session = catchup.session
+        log.served_from_memory()
         on_ready()
         while True:
             after = catchup.last  # the next offset to look at

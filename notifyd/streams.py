@@ -445,6 +445,11 @@ class StreamLog:
         except Exception:
             self._log.failure("internal error handling stream entry {offset}", offset=offset)
 
+    def served_from_memory(self) -> None:
+        """Count a read a caller served from :attr:`recent` itself (a
+        resume that looks only at its topic's entries)."""
+        self.reads_from_memory += 1
+
     @inlineCallbacks
     def _read_recent(self, start: int, handler: Entry) -> Any:
         """Hand entries from memory on; None once the handler is done, else

@@ -109,6 +109,11 @@ class FakeLog:
         self.ready = True
         self.reads: list[int] = []
 
+    reads_from_memory = 0
+
+    def served_from_memory(self) -> None:
+        self.reads_from_memory += 1
+
     def deliver_to(self, on_entry: Any, on_gap: Any = None) -> None:
         """As :meth:`notifyd.streams.StreamLog.deliver_to`."""
         self.on_entry = on_entry

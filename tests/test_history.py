@@ -61,10 +61,14 @@ def publish_seq(publisher: Any, start: int, n: int, topic: str = TOPIC, **kw: An
     return threads.deferToThread(run)
 
 
+@pytest.mark.parametrize("source", ["memory", "stream"])
 @pytest_twisted.inlineCallbacks
-def test_resume_on_the_other_node_after_an_abrupt_disconnect(spawn, publisher, stream):
+def test_resume_on_the_other_node_after_an_abrupt_disconnect(spawn, publisher, stream, source):
+    # the replay comes from the node's memory of the newest entries, or (with
+    # none kept) from a stream consumer; either way the same events
+    memory = [] if source == "memory" else ["--history-memory", "0"]
     a = yield spawn.notifyd(*history_args(stream))
-    b = yield spawn.notifyd(*history_args(stream))
+    b = yield spawn.notifyd(*history_args(stream, *memory))
     client = yield spawn.js(a.url)
     r = yield client.subscribe("s", TOPIC)
     assert r["ev"] == "subscribed"
@@ -90,6 +94,9 @@ def test_resume_on_the_other_node_after_an_abrupt_disconnect(spawn, publisher, s
     assert ids == sorted(set(ids)) and ids[0] > last
     values = yield threads.deferToThread(metrics, b.port)
     assert m(values, "notifyd_events_replayed_total") == 500
+    assert m(values, "notifyd_log_reads_total", source=source) >= 1
+    other = "stream" if source == "memory" else "memory"
+    assert m(values, "notifyd_log_reads_total", source=other) == 0
     assert m(values, "notifyd_history_ready") == 1
     assert m(values, "notifyd_history_position") >= ids[-1]
 

@@ -86,6 +86,8 @@ def test_resume_replays_what_was_missed_then_live_exactly_once(memory):
     log.append("invoice.sent", {"seq": 10})
     assert seqs(t) == [4, 6, 8, 10]
     assert [e.publication for e in t.events] == [5, 7, 9, 11]
+    # from memory no stream is read at all
+    assert (log.reads_from_memory, len(log.reads)) == ((1, 0) if memory else (0, 1))
 
 
 @pytest.mark.parametrize("memory", [0, 100, 4], ids=["stream", "memory", "memory moves on"])
