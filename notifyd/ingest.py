@@ -50,11 +50,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pika
 from pika.exceptions import ChannelClosedByBroker
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.python.failure import Failure
 
 from notifyd.compat import consume_directly
 from notifyd.events import HEADER_RETAIN, BadEvent, InboundEvent, canonical_headers, decode_delivery
@@ -72,6 +74,9 @@ LOG_HEADER = "notifyd-log"
 #: again with the same message_id, is not written twice if the log already
 #: holds it
 DIGEST_HEADER = "x-notifyd-digest"
+#: how long a redelivery waits for the log reader to catch up before it is
+#: written anyway (at least once rather than stalling the ingest queue)
+CATCH_UP_TIMEOUT = 10.0
 #: digests of recent log entries remembered for that check
 RECENT = 100_000
 #: pause before consuming again after a failed write
@@ -109,6 +114,7 @@ class LogWriter:
         dead_letter_exchange: str | None = None,
         prefetch: int = 256,
         stats: Stats | None = None,
+        catch_up: Callable[[], Deferred[int]] | None = None,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -116,6 +122,13 @@ class LogWriter:
 
             reactor = _reactor
         self._reactor = reactor
+        #: the event log's probe: fires once this node's log reader has read
+        #: everything written before the call (see _on_message)
+        self._catch_up = catch_up
+        #: this consumer's reader has caught up since it started
+        self._caught_up = False
+        #: messages held while the reader catches up, in order
+        self._held: list[tuple[Any, Any, Any]] | None = None
         self.queue = queue
         self.patterns = patterns
         self.max_message_size = max_message_size
@@ -188,6 +201,7 @@ class LogWriter:
         consumer = yield conn.channel()
         yield consumer.basic_qos(prefetch_count=self.prefetch)
         queue, _tag = yield consumer.basic_consume(queue=self.queue, auto_ack=False)
+        self._caught_up = False
         consume_directly(
             queue,
             lambda msg: self._on_message(consumer, writer, msg),
@@ -203,6 +217,35 @@ class LogWriter:
 
     # -- one message ----------------------------------------------------------------
     def _on_message(self, consumer: Any, writer: Any, msg: Any) -> None:
+        """One ingest message, in order.  The first redelivered message a
+        consumer gets (another node's writer died before its ack) waits,
+        with every message after it, until this node's log reader has read
+        everything written so far: the dead writer may have written it
+        already, and only then does the duplicate check know."""
+        if self._held is not None:
+            self._held.append((consumer, writer, msg))
+            return
+        if msg.method.redelivered and not self._caught_up and self._catch_up is not None:
+            self._held = [(consumer, writer, msg)]
+            self._catch_up().addTimeout(CATCH_UP_TIMEOUT, self._reactor).addBoth(self._release)
+            return
+        self._handle(consumer, writer, msg)
+
+    def _release(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            # the log cannot be read now: write (at least once) rather than stall
+            self._log.warn(
+                "could not catch up with the event log before writing redelivered "
+                "events ({why}); some may be written twice",
+                why=result.getErrorMessage(),
+            )
+        self._caught_up = True
+        held, self._held = self._held or [], None
+        for consumer, writer, msg in held:
+            if consumer.is_open:  # else RabbitMQ requeued it
+                self._handle(consumer, writer, msg)
+
+    def _handle(self, consumer: Any, writer: Any, msg: Any) -> None:
         tag = msg.method.delivery_tag
         key = msg.method.routing_key
         try:
@@ -223,7 +266,9 @@ class LogWriter:
             return
         props = _canonical_properties(event, msg.properties, logged)
         again = msg.method.redelivered or "x_message_id" in event.extra
-        if again and props.headers[DIGEST_HEADER] in self._recent_set:
+        # digests are kept as bytes: pika hands the log's headers back as
+        # text or bytes, the canonical form has text
+        if again and props.headers[DIGEST_HEADER].encode() in self._recent_set:
             # already in the log: a node wrote it and died before its ack, or
             # a publisher sent the same message (same message_id) again
             # after a lost confirm

@@ -152,6 +152,7 @@ def make_history(settings: configmod.Config, reactor: Any, stats: Stats | None =
             dead_letter_exchange=settings.dead_letter_exchange,
             prefetch=settings.prefetch,
             stats=stats,
+            catch_up=log.probe,
             reactor=reactor,
         ),
     )

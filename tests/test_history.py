@@ -15,7 +15,7 @@ from autobahn.twisted.wamp import ApplicationSession
 from autobahn.twisted.websocket import WampWebSocketClientFactory
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import ComponentConfig, SubscribeOptions
-from twisted.internet import reactor, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
@@ -51,6 +51,20 @@ def stream(rabbit: Any) -> Any:
 
 def seqs(events: list[dict]) -> list[int]:
     return [e["args"][0]["seq"] for e in events]
+
+
+@defer.inlineCallbacks
+def metric_reaches(port: int, name: str, value: float, timeout: float = 30.0) -> Any:
+    """Fires once the node's ``/metrics`` shows ``name`` at ``value`` or more
+    (asked every 50 ms); fails after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        values = yield threads.deferToThread(metrics, port)
+        if m(values, name) >= value:
+            return
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{name} did not reach {value} in {timeout} s")
+        yield task.deferLater(reactor, 0.05, lambda: None)
 
 
 def publish_seq(publisher: Any, start: int, n: int, topic: str = TOPIC, **kw: Any) -> Any:
@@ -99,6 +113,25 @@ def test_resume_on_the_other_node_after_an_abrupt_disconnect(spawn, publisher, s
     assert m(values, "notifyd_log_reads_total", source=other) == 0
     assert m(values, "notifyd_history_ready") == 1
     assert m(values, "notifyd_history_position") >= ids[-1]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_message_published_again_with_its_message_id_is_logged_once(spawn, publisher, stream):
+    """A publisher that lost a confirm sends the same message again (same
+    message_id): the ingest step finds it in the log and does not write it
+    twice (the digest read back from the stream must match the one computed;
+    it once did not: text against bytes)."""
+    node = yield spawn.notifyd(*history_args(stream))
+    client = yield spawn.js(node.url)
+    yield client.subscribe("s", TOPIC)
+    yield publish_seq(publisher, 0, 1, message_id="inv-1042-paid")
+    yield client.wait_events("s", 1)  # the log reader has read it
+    yield publish_seq(publisher, 0, 1, message_id="inv-1042-paid")  # the same again
+    yield publish_seq(publisher, 1, 1)
+    yield client.wait_events("s", 2)
+    assert seqs(client.events("s")) == [0, 1]
+    values = yield threads.deferToThread(metrics, node.port)
+    assert m(values, "notifyd_log_duplicates_skipped_total") == 1
 
 
 @pytest_twisted.inlineCallbacks
@@ -339,6 +372,9 @@ def test_autobahn_python_retained_get_events_and_meta(spawn, publisher, stream):
     node = yield spawn.notifyd(*history_args(stream))
     publisher.publish("invoice.paid", {"seq": 1}, headers={"wamp-retain": True})
     yield publish_seq(publisher, 2, 5, topic="invoice.paid")
+    # the retained event must be in the node's table before the SUBSCRIBE,
+    # or it arrives live (unflagged) instead of as the retained one
+    yield metric_reaches(node.port, "notifyd_retained_topics", 1)
     joined: Deferred = Deferred()
     factory = WampWebSocketClientFactory(
         lambda: _PySession(ComponentConfig("realm1"), joined), url=node.url

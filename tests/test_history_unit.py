@@ -576,3 +576,68 @@ def test_memory_starts_over_when_offsets_jump_and_indexes_topics():
     off = RecentEntries(0)
     off.append(0, msg("a"))
     assert len(off) == 0 and not off.holds(0)
+
+
+def test_a_redelivered_ingest_message_waits_until_the_log_reader_caught_up():
+    """The writer node died after writing an event and before its ack: the
+    redelivery must not be written again, even when it arrives before this
+    node's log reader has read the dead writer's entry."""
+    from types import SimpleNamespace
+
+    from notifyd.ingest import DIGEST_HEADER, LogWriter
+
+    caught_up: list[Deferred] = []
+
+    def catch_up():
+        caught_up.append(Deferred())
+        return caught_up[-1]
+
+    writer = LogWriter("q", PatternSet(["invoice.#"]), 1 << 20, catch_up=catch_up)
+
+    class Channel:
+        is_open = True
+
+        def __init__(self):
+            self.acks, self.published = [], []
+
+        def basic_ack(self, tag):
+            self.acks.append(tag)
+
+        def basic_publish(self, exchange, routing_key, body, properties, mandatory):
+            self.published.append((routing_key, body, properties))
+            return Deferred()
+
+    consumer, out = Channel(), Channel()
+
+    def delivery(tag, seq, redelivered):
+        return SimpleNamespace(
+            method=SimpleNamespace(
+                delivery_tag=tag, routing_key="invoice.sent", redelivered=redelivered
+            ),
+            properties=SimpleNamespace(
+                content_type="application/json",
+                content_encoding=None,
+                headers={},
+                message_id=None,
+                timestamp=None,
+                type=None,
+                app_id=None,
+            ),
+            body=b'{"seq": %d}' % seq,
+        )
+
+    # what the dead writer wrote: the digest the log reader will see
+    writer._on_message(out, out, delivery(1, 1, False))
+    entry = SimpleNamespace(properties=out.published.pop()[2])
+    assert DIGEST_HEADER in entry.properties.headers
+    writer._on_message(consumer, out, delivery(7, 1, True))  # the redelivery
+    writer._on_message(consumer, out, delivery(8, 2, False))  # a new one, behind it
+    assert out.published == [] and consumer.acks == [] and len(caught_up) == 1
+    writer.seen(entry)  # the log reader reaches the dead writer's entry
+    caught_up[0].callback(41)  # and then the marker
+    assert consumer.acks == [7]  # found in the log: acked, not written again
+    assert [body for _, body, _ in out.published] == [b'{"seq": 2}']  # order kept
+    assert writer.duplicates == 1
+    # caught up once per consumer: later redeliveries do not wait again
+    writer._on_message(consumer, out, delivery(9, 3, True))
+    assert len(caught_up) == 1 and len(out.published) == 2
