@@ -175,13 +175,27 @@ class RecentEntries:
         offsets = self._topics.get(topic)
         if not offsets:
             return []
+        # from the newest back: the cost is what is handed on, not the topic's
+        # whole history (a storm of resumes near the tail of a busy topic)
+        wanted = []
+        for o in reversed(offsets):
+            if o < offset:
+                break
+            wanted.append(o)
+        wanted.reverse()
         first, entries = self._first, self._entries
-        return [(o, entries[o - first]) for o in offsets if o >= offset]
+        return [(o, entries[o - first]) for o in wanted]
 
     def since(self, offset: int) -> list[tuple[int, Any]]:
         """``(offset, message)`` of every entry kept from ``offset`` on."""
         skip = max(0, offset - self._first)
-        return list(enumerate(islice(self._entries, skip, None), self._first + skip))
+        count = len(self._entries) - skip
+        if count <= 0:
+            return []
+        # walk from the newest end: reads start near it
+        newest = list(islice(reversed(self._entries), count))
+        newest.reverse()
+        return list(enumerate(newest, self._first + skip))
 
 
 Entry = Callable[[int, Any], Any]
