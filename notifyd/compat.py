@@ -25,6 +25,10 @@ helper                   private detail                                fallback
                          leftovers (autobahn 26.11)
 :func:`consume_directly`  pika's ``ClosableDeferredQueue`` ``put``,    one ``queue.get()``
                          ``pending`` and ``close`` (pika 1.4.4)         Deferred per message
+:func:`lazy_config_log`  the ``pformat`` autobahn's                     ``pprint`` of ~40 settings
+                         ``websocket.protocol`` module calls for a      per connection (a tenth
+                         debug line on every connection (autobahn       of a reconnect storm's CPU)
+                         26.11)
 =======================  ============================================  =========================
 """
 
@@ -293,3 +297,42 @@ def _consume_with_get(
             cancelled(f.value)
 
     queue.get().addCallbacks(got, lost)
+
+
+# -- autobahn: the per-connection debug dump of its settings -------------------------------
+class _Deferred_pformat:
+    """``pprint.pformat(value)``, done only if a log line is rendered."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        from pprint import pformat
+
+        return pformat(self.value)
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def lazy_config_log() -> bool:
+    """autobahn 26.11's ``WebSocketProtocol._connectionMade`` logs every
+    setting of the connection with ``log.debug("\\n{attrs}",
+    attrs=pformat(...))``: the ``pformat`` runs on every connection even with
+    debug logging off.  Swap the module's ``pformat`` for one that formats
+    only when the line is rendered (the text is the same).  False (and a
+    :data:`FALLBACKS` entry) if the module no longer has one."""
+    from autobahn.websocket import protocol
+
+    current = getattr(protocol, "pformat", None)
+    if current is _Deferred_pformat:
+        return True
+    if not callable(current):
+        FALLBACKS["lazy_config_log"] = "autobahn.websocket.protocol has no pformat"
+        return False
+    protocol.pformat = _Deferred_pformat
+    return True

@@ -213,6 +213,9 @@ class PatternSet:
     def __init__(self, keys: list[str] | tuple[str, ...]) -> None:
         self.keys = tuple(keys)
         self._regex = re.compile("|".join(f"(?:{_amqp_regex(k)})" for k in keys) or r"(?!)")
+        #: covers() answers by binding key: one SUBSCRIBE each after a node
+        #: died would otherwise walk the pattern automaton every time
+        self._covers: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
         return bool(self.keys)
@@ -228,4 +231,10 @@ class PatternSet:
     def covers(self, key: str) -> bool:
         """Is every routing key binding key ``key`` receives matched by one
         key of the set?  (Conservative for keys that need several of them.)"""
-        return any(amqp_contains(k, key) for k in self.keys)
+        known = self._covers.get(key)
+        if known is None:
+            known = any(amqp_contains(k, key) for k in self.keys)
+            if len(self._covers) >= _CHECKED_MAX:
+                self._covers.clear()
+            self._covers[key] = known
+        return known

@@ -407,6 +407,7 @@ class WampServerProtocol(WebSocketServerProtocol):
 
 
 compat.at_rest_on(WampServerProtocol)
+compat.lazy_config_log()
 
 
 def _as_class_attr(value: Any) -> Any:

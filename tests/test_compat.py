@@ -80,3 +80,18 @@ def test_consume_directly_hands_over_messages_and_reports_cancellation(monkeypat
     assert got == ["early", "late"]
     q.close(ConsumerCancelled())
     assert len(why) == 1 and isinstance(why[0], ConsumerCancelled)
+
+
+def test_autobahns_per_connection_settings_dump_is_formatted_only_when_logged():
+    from pprint import pformat
+
+    from autobahn.websocket import protocol
+
+    import notifyd.websocket  # noqa: F401  (installs it)
+
+    assert compat.lazy_config_log() is True
+    value = [("autoPingInterval", 30, "WampServerFactory"), ("utf8validateIncoming", True, "x")]
+    lazy = protocol.pformat(value)
+    assert str(lazy) == pformat(value)
+    assert f"\n{lazy}" == "\n" + pformat(value)
+    assert "lazy_config_log" not in compat.FALLBACKS
