@@ -266,8 +266,9 @@ class LoadGen:
         self.proc.wait(30)
 
 
-def publish(amqp: str, exchange: str, **cfg) -> dict:
-    args = pinned(
+def publisher_command(amqp: str, exchange: str, **cfg) -> list[str]:
+    """``bench/publisher.py`` with ``cfg``, pinned to the client core."""
+    return pinned(
         CLIENT_CPU,
         [
             PY,
@@ -275,6 +276,10 @@ def publish(amqp: str, exchange: str, **cfg) -> dict:
             json.dumps({"url": amqp, "exchange": exchange, **cfg}),
         ],
     )
+
+
+def publish(amqp: str, exchange: str, **cfg) -> dict:
+    args = publisher_command(amqp, exchange, **cfg)
     return json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
 
 
@@ -478,9 +483,8 @@ def scenario_r(amqp: str, n: int, rate: int, before: int, after: int) -> dict:
     """R: the reconnect storm of a dying node."""
     ex = fresh_exchange()
     streams = HistoryStreams(amqp, ex)
-    extra = [*streams.args, "--max-connections-per-address", "0"]
-    first = Server("notifyd", amqp, ex, 18088, extra=extra)
-    second = Server("notifyd", amqp, ex, 18089, extra=extra)
+    first = Server("notifyd", amqp, ex, 18088, extra=streams.args)
+    second = Server("notifyd", amqp, ex, 18089, extra=streams.args)
     topic = "u{i}.invoice.sent"
     count = rate * (before + after)
     try:
@@ -502,23 +506,14 @@ def scenario_r(amqp: str, n: int, rate: int, before: int, after: int) -> dict:
         )
         cpu0 = second.cpu()
         pub = subprocess.Popen(
-            pinned(
-                CLIENT_CPU,
-                [
-                    PY,
-                    str(ROOT / "bench" / "publisher.py"),
-                    json.dumps(
-                        {
-                            "url": amqp,
-                            "exchange": ex,
-                            "topicFormat": topic.replace("{i}", "{k}"),
-                            "roundRobin": n,
-                            "count": count,
-                            "rate": rate,
-                            "paced": True,
-                        }
-                    ),
-                ],
+            publisher_command(
+                amqp,
+                ex,
+                topicFormat=topic.replace("{i}", "{k}"),
+                roundRobin=n,
+                count=count,
+                rate=rate,
+                paced=True,
             ),
             stdout=subprocess.PIPE,
             text=True,

@@ -396,19 +396,12 @@ class History:
                     return True
                 on_ready()
             if msg is not None and matches(sub.topic, sub.match, msg.method.routing_key):
-                event = self.event_of(offset, msg)
-                if event is not None and (not event.filtered or event.receives(catchup)):
-                    session.send_event(make_event(sub, event))
-                    sent[0] += 1
+                self._replay_entry(catchup, sub, offset, msg, sent)
             catchup.last = offset + 1
             if log.live_pos is not None and offset >= log.live_pos:
                 catchup.replaying = False
                 return True
-            # a long replay goes at the pace of the client's socket
-            waiting = session.writable()
-            if waiting is not None:
-                waiting.addTimeout(self.settings.stall_timeout, self._clock)
-            return waiting
+            return self._paced(session)
 
         try:
             if sub.match == MATCH_EXACT and log.recent.holds(start) and log.live_pos is not None:
@@ -430,6 +423,25 @@ class History:
                 first=state["gap"],
                 position=(log.live_pos or 0) + 1,
             )
+
+    def _replay_entry(
+        self, catchup: ReplayTarget, sub: Subscription, offset: int, msg: Any, sent: list[int]
+    ) -> None:
+        """Send the log entry at ``offset`` to the resuming session, if its
+        targeting admits the session."""
+        event = self.event_of(offset, msg)
+        if event is not None and (not event.filtered or event.receives(catchup)):
+            catchup.session.send_event(make_event(sub, event))
+            sent[0] += 1
+
+    def _paced(self, session: ReplayReader) -> Deferred[None] | None:
+        """None if the client's socket takes more; else a Deferred that fires
+        once it does (failing after ``stall_timeout``): a long replay goes at
+        the pace of the client's socket."""
+        waiting = session.writable()
+        if waiting is not None:
+            waiting.addTimeout(self.settings.stall_timeout, self._clock)
+        return waiting
 
     @inlineCallbacks
     def _replay_recent(
@@ -456,15 +468,11 @@ class History:
             for offset, msg in recent.of_topic(sub.topic, after):
                 if not sub.holds(catchup.session_id, catchup, waiting=False):
                     return True  # unsubscribed or gone meanwhile
-                event = self.event_of(offset, msg)
-                if event is not None and (not event.filtered or event.receives(catchup)):
-                    session.send_event(make_event(sub, event))
-                    sent[0] += 1
+                self._replay_entry(catchup, sub, offset, msg, sent)
                 catchup.last = offset + 1
-                waiting = session.writable()
+                waiting = self._paced(session)
                 if waiting is not None:
-                    # a long replay goes at the pace of the client's socket
-                    yield waiting.addTimeout(self.settings.stall_timeout, self._clock)
+                    yield waiting
                     break  # entries came and went meanwhile: look again
             else:
                 # every entry up to the live consumer's position is handled

@@ -266,9 +266,7 @@ class LogWriter:
             return
         props = _canonical_properties(event, msg.properties, logged)
         again = msg.method.redelivered or "x_message_id" in event.extra
-        # digests are kept as bytes: pika hands the log's headers back as
-        # text or bytes, the canonical form has text
-        if again and props.headers[DIGEST_HEADER].encode() in self._recent_set:
+        if again and _digest_key(props.headers[DIGEST_HEADER]) in self._recent_set:
             # already in the log: a node wrote it and died before its ack, or
             # a publisher sent the same message (same message_id) again
             # after a lost confirm
@@ -289,8 +287,7 @@ class LogWriter:
         digest = (getattr(msg.properties, "headers", None) or {}).get(DIGEST_HEADER)
         if digest is None:
             return
-        if isinstance(digest, str):
-            digest = digest.encode()
+        digest = _digest_key(digest)
         self._recent.append(digest)
         self._recent_set.add(digest)
         if len(self._recent) > RECENT:
@@ -325,6 +322,12 @@ class LogWriter:
         self._consume().addErrback(
             lambda f: self._log.failure("restarting the ingest consumer failed", f)
         )
+
+
+def _digest_key(digest: str | bytes) -> bytes:
+    """A digest as the duplicate check keeps it: pika hands the log's
+    headers back as text or bytes, the canonical form has text."""
+    return digest.encode() if isinstance(digest, str) else bytes(digest)
 
 
 def _payload_bytes(event: InboundEvent) -> bytes:
