@@ -5,7 +5,7 @@
 from twisted.application import service
 
 from notifyd import config
-from notifyd.tap import NotifydService
+from notifyd.tap import make_service
 
 application = service.Application("notifyd")
-NotifydService(config.load()).setServiceParent(application)
+make_service(config.load()).setServiceParent(application)

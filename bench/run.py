@@ -104,6 +104,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (``--workers``)."""
+    total = cpu_seconds(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            total += tree_cpu(int(child))
+        except OSError:
+            pass
+    return total
+
+
 def broker_cpu() -> float | None:
     try:
         return cpu_seconds(BROKER_PID) if BROKER_PID else None
@@ -155,7 +170,8 @@ class Server:
                 "10",
                 *(extra or []),
             ]
-            ready = "notifyd ready"
+            # with --workers, the parent's line once every worker is ready
+            ready = "workers consuming" if "--workers" in (extra or []) else "notifyd ready"
         else:
             args = [PY, str(ROOT / "bench" / f"{kind}.py"), str(port), amqp, exchange]
             ready = "READY"
@@ -182,7 +198,7 @@ class Server:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        return tree_cpu(self.proc.pid)
 
     def rss(self) -> int:
         return rss_kib(self.proc.pid)
@@ -209,13 +225,20 @@ class WebStomp:
         pass
 
 
-def serve(kind: str, amqp: str, exchange: str, port: int, extra: list[str] | None = None):
+def serve(
+    kind: str,
+    amqp: str,
+    exchange: str,
+    port: int,
+    extra: list[str] | None = None,
+    cpu: str | None = None,
+):
     """The server of one peer: a process of our own, or the bench node's
     Web-STOMP listener (the exchange must exist before STOMP subscribes)."""
     if kind == "webstomp":
         declare_exchange(amqp, exchange)
         return WebStomp()
-    return Server(kind, amqp, exchange, port, extra=extra)
+    return Server(kind, amqp, exchange, port, cpu=cpu, extra=extra)
 
 
 def client_mode(kind: str) -> str:
@@ -422,11 +445,21 @@ def scenario_b(
     }
 
 
-def scenario_t(amqp: str, kind: str, n: int, rate: int, count: int, *, port: int = 18086) -> dict:
+def scenario_t(
+    amqp: str,
+    kind: str,
+    n: int,
+    rate: int,
+    count: int,
+    *,
+    port: int = 18086,
+    extra: list[str] | None = None,
+    cpu: str | None = None,
+) -> dict:
     """T: ``count`` events round-robin over ``n`` own-topic subscribers, at
     ``rate`` events/s (0: as fast as the publisher goes)."""
     ex = fresh_exchange()
-    srv = serve(kind, amqp, ex, port)
+    srv = serve(kind, amqp, ex, port, extra=extra, cpu=cpu)
     topic = "u{i}.invoice.sent"
     try:
         lg = LoadGen(
@@ -477,6 +510,22 @@ def scenario_t(amqp: str, kind: str, n: int, rate: int, count: int, *, port: int
         "broker_cpu_per_event_us": bcpu / delivered * 1e6 if delivered and bcpu else None,
         "latency_ms": res["latency_ms"],
     }
+
+
+def scenario_w(amqp: str, n: int, count: int) -> list[dict]:
+    """W: T unpaced with one worker (on the server core) and with two
+    (``--workers 2``, on every core: this machine has no third core to keep
+    the load generator, publisher and RabbitMQ apart from them)."""
+    out = []
+    for workers, cpu in ((1, SERVER_CPU), (2, f"0-{CORES - 1}")):
+        extra = ["--workers", str(workers), "--admin-listen", "tcp:0:interface=127.0.0.1"]
+        result = scenario_t(
+            amqp, "notifyd", n, 0, count, extra=extra if workers > 1 else None, cpu=cpu
+        )
+        result["workers"] = workers
+        result["cpus"] = cpu
+        out.append(result)
+    return out
 
 
 def scenario_r(amqp: str, n: int, rate: int, before: int, after: int) -> dict:
@@ -876,6 +925,9 @@ def main() -> int:
                 "fixed": [scenario_t(amqp, kind, n, rate, rate * secs) for kind in PEERS],
                 "max": [scenario_t(amqp, kind, n, 0, unpaced) for kind in PEERS],
             }
+        if want("W"):
+            n, _, _, unpaced = sizes["T"]
+            results["W"] = scenario_w(amqp, n, unpaced)
     finally:
         node.stop()
     out = ROOT / "bench" / "results"
@@ -957,6 +1009,8 @@ def report(r: dict) -> None:
         report_h(r["H"])
     if "T" in r:
         report_t(r["T"])
+    if "W" in r:
+        report_w(r["W"])
     if "R" in r:
         x = r["R"]
         done = x["all_resubscribed_s"]
@@ -991,6 +1045,22 @@ def report_t(t: dict) -> None:
         print(
             f"   notifyd: {fixed['notifyd']['cpu_per_event_us'] or 0:.1f} µs server CPU per targeted "
             f"event at {fixed['notifyd']['rate']}/s (target <= 25)"
+        )
+
+
+def report_w(w: list) -> None:
+    print("\nW  --workers: T unpaced, workers 1 vs 2")
+    print(
+        f"   {'workers':>7} {'cpus':>5} {'N':>5} {'events':>7} {'events/s':>9} {'server CPU':>11} "
+        f"{'µs CPU/event':>13} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'disorder':>8}"
+    )
+    for x in w:
+        lat = x["latency_ms"]
+        print(
+            f"   {x['workers']:>7} {x['cpus']:>5} {x['n']:>5} {x['events']:>7} "
+            f"{x['events_per_s']:>9.0f} {x['server_cpu_s']:>10.2f}s "
+            f"{x['cpu_per_event_us'] or 0:>13.1f} {lat['p50'] or 0:>7.1f} {lat['p99'] or 0:>7.1f} "
+            f"{x['missing']:>5} {x['out_of_order']:>8}"
         )
 
 

@@ -185,3 +185,13 @@ def directory(value: str | None) -> str | None:
     if value is not None and not Path(value).is_dir():
         raise ConfigError(f"{value!r} is not a directory")
     return value
+
+
+def workers(value: str) -> str:
+    """``auto`` or a whole number of worker processes from 1 to 256."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return text
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise ConfigError("must be 'auto' or a whole number from 1 to 256")
+    return str(int(text))

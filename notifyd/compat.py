@@ -29,6 +29,13 @@ helper                   private detail                                fallback
                          ``websocket.protocol`` module calls for a      per connection (a tenth
                          debug line on every connection (autobahn       of a reconnect storm's CPU)
                          26.11)
+:func:`fast_inbound`     pika's ``Connection._frame_buffer``,            pika parses every frame
+                         ``_process_frame``, ``_channels``,             on its own (about 2/3 of
+                         ``Channel._on_deliver`` and the content        its cost per delivery)
+                         assembler's state (pika 1.4.4)
+:func:`quiet_http_client`  ``twisted.web.client._HTTP11ClientFactory``  two info lines per admin
+                         (Twisted 26.10), made not ``noisy``            request of the ``--workers``
+                                                                       parent
 =======================  ============================================  =========================
 """
 
@@ -335,4 +342,162 @@ def lazy_config_log() -> bool:
         FALLBACKS["lazy_config_log"] = "autobahn.websocket.protocol has no pformat"
         return False
     protocol.pformat = _Deferred_pformat
+    return True
+
+
+# -- Twisted: the HTTP client's per-connection log lines --------------------------------
+def quiet_http_client() -> bool:
+    """Twisted 26.10's HTTP client (``Agent``) builds one
+    ``_HTTP11ClientFactory`` per connection, and a factory is ``noisy``: two
+    info lines ("Starting factory", "Stopping factory") for every request the
+    ``--workers`` parent makes to a worker's admin socket.  Make that class
+    quiet.  False (and a :data:`FALLBACKS` entry) if it is not there."""
+    try:
+        from twisted.web.client import _HTTP11ClientFactory
+    except ImportError:
+        FALLBACKS["quiet_http_client"] = "twisted.web.client has no _HTTP11ClientFactory"
+        return False
+    _HTTP11ClientFactory.noisy = False
+    return True
+
+
+# -- pika: the inbound frame path for deliveries ---------------------------------------------
+def _pika_inbound_ok() -> str | None:
+    """Why :func:`fast_inbound` cannot be used with this pika (None: it can)."""
+    try:
+        from pika import frame, spec
+        from pika.channel import Channel, ContentFrameAssembler
+        from pika.connection import Connection
+
+        # the attributes its state set-up assigns
+        assigned = set(Connection.__init__.__code__.co_names) | set(
+            Connection._init_connection_state.__code__.co_names
+        )
+        for name in ("_frame_buffer", "bytes_received", "frames_received", "_channels"):
+            if name not in assigned:
+                return f"pika.connection.Connection has no {name}"
+        for owner, name in (
+            (Connection, "_on_data_available"),
+            (Connection, "_process_frame"),
+            (Channel, "_on_deliver"),
+        ):
+            if not callable(getattr(owner, name, None)):
+                return f"{owner.__name__}.{name} is gone"
+        if "_method_frame" not in ContentFrameAssembler.__init__.__code__.co_names:
+            return "ContentFrameAssembler has no _method_frame"
+        if spec.Basic.Deliver.INDEX != 0x003C003C or spec.FRAME_END != 206:
+            return "pika's AMQP constants changed"
+        frame.Method, frame.Header, frame.decode_frame  # noqa: B018
+    except Exception as e:  # an import or attribute that is not there
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+FAST_INBOUND_PROBLEM = _pika_inbound_ok()
+if FAST_INBOUND_PROBLEM is not None:
+    FALLBACKS["fast_inbound"] = FAST_INBOUND_PROBLEM
+
+
+def fast_inbound(connection: Any) -> bool:
+    """Read a pika connection's deliveries in one pass over each socket read.
+
+    pika 1.4.4 turns every frame into objects on its own: per frame it
+    slices the frame out of its buffer, copies the rest of the buffer
+    (``_trim_frame_buffer``: quadratic in a large read), looks up callbacks
+    and feeds a content assembler; a delivery is three frames.  This swaps
+    the connection's ``_on_data_available`` for one that walks the buffer
+    by offset: a ``basic.deliver`` whose header and single body frame are
+    complete is decoded with pika's own ``spec`` classes and handed to the
+    channel's ``_on_deliver`` (which keeps pika's consumer bookkeeping:
+    cancelled consumers, unknown tags).  Every other frame (and a delivery
+    whose body spans several frames) goes through pika's own
+    ``_process_frame``, one frame at a time, as before.  The byte and frame
+    counters pika's heartbeat checker reads are kept.
+
+    ``connection`` is a ``TwistedProtocolConnection`` (or pika's own
+    connection object).  False (and the public path) if the assumptions
+    checked at import do not hold."""
+    if FAST_INBOUND_PROBLEM is not None:
+        return False
+    import struct
+
+    from pika import exceptions, frame, spec
+
+    impl = getattr(connection, "_impl", connection)
+    frame_head = struct.Struct(">BHL").unpack_from
+    method_id = struct.Struct(">I").unpack_from
+    content_head = struct.Struct(">HHQ").unpack_from
+    deliver_id = spec.Basic.Deliver.INDEX
+    basic_class = spec.Basic.INDEX
+    Deliver, Properties = spec.Basic.Deliver, spec.BasicProperties
+    Method, Header = frame.Method, frame.Header
+    decode_frame = frame.decode_frame
+    channels = impl._channels
+    frame_end = spec.FRAME_END
+
+    def on_data_available(data: bytes) -> None:
+        buf = impl._frame_buffer + data if impl._frame_buffer else data
+        end = len(buf)
+        pos = 0
+        try:
+            while end - pos >= 8:
+                kind, number, size = frame_head(buf, pos)
+                stop = pos + 8 + size
+                if stop > end:
+                    break
+                if buf[stop - 1] != frame_end:
+                    raise exceptions.InvalidFrameError("Invalid FRAME_END marker")
+                if kind == 1 and size >= 4 and method_id(buf, pos + 7)[0] == deliver_id:
+                    channel = channels.get(number)
+                    # the header frame must be complete to know the body's size
+                    if end - stop < 8:
+                        break
+                    hkind, hnumber, hsize = frame_head(buf, stop)
+                    hstop = stop + 8 + hsize
+                    if hstop > end:
+                        break
+                    if (
+                        channel is not None
+                        and channel._content_assembler._method_frame is None
+                        and hkind == 2
+                        and hnumber == number
+                        and hsize >= 14
+                        and buf[hstop - 1] == frame_end
+                        and content_head(buf, stop + 7)[0] == basic_class
+                    ):
+                        body_size = content_head(buf, stop + 7)[2]
+                        if body_size == 0:
+                            bstop, body, frames = hstop, b"", 2
+                        else:
+                            if end - hstop < 8:
+                                break
+                            bkind, bnumber, bsize = frame_head(buf, hstop)
+                            bstop = hstop + 8 + bsize
+                            if bsize == body_size and bkind == 3 and bnumber == number:
+                                if bstop > end:
+                                    break
+                                if buf[bstop - 1] != frame_end:
+                                    raise exceptions.InvalidFrameError("Invalid FRAME_END marker")
+                                body, frames = buf[hstop + 7 : bstop - 1], 3
+                            else:
+                                bstop = -1  # several body frames: pika's own path
+                        if bstop >= 0:
+                            method = Deliver()
+                            method.decode(buf, pos + 11)
+                            properties = Properties()
+                            properties.decode(buf[stop + 19 : hstop - 1])
+                            pos = bstop
+                            impl.frames_received += frames
+                            channel._on_deliver(
+                                Method(number, method), Header(number, body_size, properties), body
+                            )
+                            continue
+                consumed, value = decode_frame(buf[pos:stop])
+                pos = stop
+                impl._process_frame(value)
+        finally:
+            impl._frame_buffer = buf[pos:] if pos < end else b""
+            impl.bytes_received += pos
+
+    impl._on_data_available = on_data_available
     return True

@@ -185,3 +185,10 @@ def install(application: Any, log_format: str) -> None:
             out.reconfigure(errors="backslashreplace")
     if log_format == "json" and hasattr(application, "setComponent"):
         application.setComponent(ILogObserver, JsonLines())
+
+
+def configure(application: Any, log_format: str, log_level: str) -> None:
+    """:func:`install` for ``application`` and :func:`set_level`: what a
+    service tree does when twistd attaches it to its application."""
+    install(application, log_format)
+    set_level(log_level)

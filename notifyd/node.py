@@ -279,6 +279,7 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
         prefetch=settings.prefetch,
         dead_letter_exchange=settings.dead_letter_exchange,
         max_retry_delay=settings.amqp_max_retry_delay,
+        read_batch=settings.amqp_read_batch,
         reactor=reactor,
     )
     ws_factory = WampServerFactory(

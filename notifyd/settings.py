@@ -69,6 +69,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Endpoint to serve the page, /ws, /healthz and /readyz on (repeatable).",
         checks.endpoints,
     ),
+    Setting(
+        "workers",
+        str,
+        "1",
+        "Worker processes, each a full node sharing the listen sockets: a number, or "
+        "auto (one per CPU core this process may use). More than 1 needs admin_listen "
+        "(the parent serves /metrics, /readyz and /healthz for all workers) and tcp: or "
+        "unix: listen endpoints (terminate TLS in front).",
+        checks.workers,
+    ),
     Setting("realm", str, "realm1", "The WAMP realm clients join.", checks.realm),
     Setting(
         "allow_anonymous",
@@ -170,6 +180,15 @@ SETTINGS: tuple[Setting, ...] = (
         256,
         "AMQP prefetch: deliveries in flight between RabbitMQ and this node.",
         checks.between(1, 65535),
+    ),
+    Setting(
+        "amqp_read_batch",
+        float,
+        0.002,
+        "Seconds notifyd waits after each read from RabbitMQ before reading again, so "
+        "that the deliveries arriving meanwhile are handled in one batch: less CPU per "
+        "event under load, at most this much more delivery latency. 0: read at once.",
+        checks.between(0, 0.1),
     ),
     Setting(
         "max_message_size",

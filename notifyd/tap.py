@@ -3,7 +3,9 @@
 
 :func:`makeService` builds a :class:`NotifydService` (a ``MultiService``)
 holding the AMQP service and one listening service per ``--listen`` endpoint,
-around one node built by :func:`notifyd.node.build_node`.
+around one node built by :func:`notifyd.node.build_node`; with ``--workers``
+above 1 it builds the parent of that many nodes instead
+(:class:`notifyd.workers.Supervisor`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import inlineCallbacks
 from twisted.python import usage
 
-from notifyd import __version__, logs
+from notifyd import __version__, logs, workers
 from notifyd import config as configmod
 from notifyd.auth import (
     AuthConfigError,
@@ -82,6 +84,7 @@ class Options(usage.Options):
         try:
             self["settings"] = configmod.load(self["config"], os.environ, self.overrides())
             make_policy(self["settings"])  # check the security settings now
+            workers.check(self["settings"])
         except (configmod.ConfigError, AuthConfigError) as e:
             raise usage.UsageError(str(e))
 
@@ -105,7 +108,17 @@ class NotifydService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, settings: configmod.Config, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        settings: configmod.Config,
+        reactor: Any = None,
+        listen_endpoints: list[tuple[str, Any]] | None = None,
+        admin_access_log: bool = True,
+    ) -> None:
+        """``listen_endpoints``: (description, endpoint) pairs to serve the
+        public site on instead of ``settings.listen`` (a worker's sockets,
+        adopted from its parent); ``admin_access_log=False``: no log line per
+        admin request (a worker's, asked by its parent)."""
         super().__init__()
         self.settings = settings
         if reactor is None:
@@ -123,12 +136,14 @@ class NotifydService(MultiService):
         )
         site = make_site(node.ws_factory, settings.web_root, public)
         self.listeners = []
-        for description in settings.listen:
-            listener = ListenService(description, site, reactor=reactor)
+        if listen_endpoints is None:
+            listen_endpoints = [(description, None) for description in settings.listen]
+        for description, endpoint in listen_endpoints:
+            listener = ListenService(description, site, reactor=reactor, endpoint=endpoint)
             listener.setServiceParent(self)
             self.listeners.append(listener)
         if settings.admin_listen:
-            admin_site = make_admin_site(admin)
+            admin_site = make_admin_site(admin, access_log=admin_access_log)
             for description in settings.admin_listen:
                 listener = ListenService(description, admin_site, reactor=reactor, label="admin")
                 listener.setServiceParent(self)
@@ -143,8 +158,7 @@ class NotifydService(MultiService):
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
         # twistd asks the application for a log observer before it starts
-        logs.install(parent, self.settings.log_format)
-        logs.set_level(self.settings.log_level)
+        logs.configure(parent, self.settings.log_format, self.settings.log_level)
 
     @inlineCallbacks
     def stopService(self) -> Any:
@@ -162,6 +176,15 @@ class NotifydService(MultiService):
         self._log.info("notifyd stopped: {n} deliveries acked in all", n=node.amqp.acked)
 
 
-def makeService(options: Options, reactor: Any = None) -> NotifydService:
+def make_service(settings: configmod.Config, reactor: Any = None) -> MultiService:
+    """One node (:class:`NotifydService`), or with ``workers`` above 1 the
+    parent of that many (:class:`notifyd.workers.Supervisor`)."""
+    workers.check(settings)
+    if workers.count(settings) > 1:
+        return workers.Supervisor(settings, reactor=reactor)
+    return NotifydService(settings, reactor=reactor)
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
     """Build the notifyd service tree from parsed :class:`Options`."""
-    return NotifydService(options["settings"], reactor=reactor)
+    return make_service(options["settings"], reactor=reactor)

@@ -248,17 +248,24 @@ class _WebSocketResource(WebSocketResource):
         return result
 
 
-class _Exact(Resource):
-    """A resource at exactly its path: ``/name/`` and ``/name/x`` are 404."""
+class _Metrics(Resource):
+    """``GET /metrics``: a registry in the format the scraper asks for
+    (Prometheus text, or OpenMetrics by its Accept header)."""
 
-    isLeaf = False
+    isLeaf = False  # "/metrics/..." is looked up as a child, and there are none
 
-    def __init__(self, resource: Resource) -> None:
+    def __init__(self, registry: Any) -> None:
         super().__init__()
-        self._resource = resource
+        self._registry = registry
 
-    def render(self, request: Request) -> Any:
-        return self._resource.render(request)
+    def render_GET(self, request: Request) -> bytes:
+        from prometheus_client.exposition import choose_encoder
+
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", content_type.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return bytes(encoder(self._registry))
 
 
 def admin_resources(
@@ -269,12 +276,10 @@ def admin_resources(
 ) -> dict[bytes, Resource]:
     """``/healthz``, ``/readyz``, ``/metrics`` and, with history, ``/position``;
     ``public``: for the public endpoints (``/readyz`` without details)."""
-    from prometheus_client.twisted import MetricsResource
-
     out: dict[bytes, Resource] = {
         b"healthz": _Health(),
         b"readyz": _Ready(status, detail=not public),
-        b"metrics": _Exact(MetricsResource(registry)),
+        b"metrics": _Metrics(registry),
     }
     if position is not None:
         out[b"position"] = _Position(position)
@@ -425,9 +430,18 @@ class _AdminRoot(Resource):
         return b"notifyd admin: /healthz /readyz /metrics /position\n"
 
 
-def make_admin_site(extra: dict[bytes, Resource]) -> Site:
-    """The private admin site (``--admin-listen``)."""
-    return _site(_AdminRoot(), extra)
+class _QuietSite(Site):
+    def log(self, request: Any) -> None:
+        """No access log line per request."""
+
+
+def make_admin_site(extra: dict[bytes, Resource], access_log: bool = True) -> Site:
+    """The private admin site (``--admin-listen``); ``access_log=False``: no
+    line per request (a worker's admin socket, asked by its parent)."""
+    root = _AdminRoot()
+    if access_log:
+        return _site(root, extra)
+    return _site(root, extra, _QuietSite(root, requestFactory=_Request))
 
 
 class ListenService(Service):
@@ -436,8 +450,15 @@ class ListenService(Service):
     _log = Logger()
 
     def __init__(
-        self, description: str, factory: Any, reactor: Any = None, label: str = "notifyd"
+        self,
+        description: str,
+        factory: Any,
+        reactor: Any = None,
+        label: str = "notifyd",
+        endpoint: Any = None,
     ) -> None:
+        """``endpoint``: listen on this endpoint object (a socket adopted
+        from a parent process, say) instead of parsing ``description``."""
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -446,11 +467,13 @@ class ListenService(Service):
         self.label = label
         self.factory = factory
         self._reactor = reactor
+        self._endpoint = endpoint
         self.port: Any = None
 
     def startService(self) -> None:
         super().startService()
-        d = serverFromString(self._reactor, self.description).listen(self.factory)
+        endpoint = self._endpoint or serverFromString(self._reactor, self.description)
+        d = endpoint.listen(self.factory)
         failures: list[Any] = []
         started = [False]
 

@@ -217,9 +217,12 @@ def test_resume_from_before_retention_is_not_recovered(spawn, publisher, stream)
 def test_get_events_and_meta_api_from_autobahn_js(spawn, publisher, stream):
     node = yield spawn.notifyd(*history_args(stream, "--meta-api-roles", "anonymous"))
     client = yield spawn.js(node.url)
-    yield publish_seq(publisher, 0, 30)
     r = yield client.subscribe("s", TOPIC)
     sub = r["id"]
+    yield publish_seq(publisher, 0, 30)
+    # published is not yet logged: once the last event is here, the node's
+    # log holds all of them
+    yield client.wait_events("s", 30)
     res = yield client.call("h", "wamp.subscription.get_events", sub, 10)
     assert res["ev"] == "result", res
     assert [e["args"][0]["seq"] for e in res["value"]] == list(range(20, 30))

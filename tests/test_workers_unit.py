@@ -1,0 +1,100 @@
+"""The ``--workers`` parent's arithmetic, without processes: metrics summed
+across workers, readiness combined, a worker's settings."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from notifyd import config, workers
+
+
+def worker_text(sessions: int, delivered: int, ready: int, latencies: list[float]) -> str:
+    registry = CollectorRegistry()
+    Gauge("notifyd_sessions", "s", ["serializer"], registry=registry).labels("json").set(sessions)
+    Counter("notifyd_events_delivered", "d", registry=registry).inc(delivered)
+    Gauge("notifyd_amqp_ready", "r", registry=registry).set(ready)
+    h = Histogram("notifyd_delivery_latency_seconds", "l", buckets=(0.001, 0.01), registry=registry)
+    for v in latencies:
+        h.observe(v)
+    return generate_latest(registry).decode()
+
+
+def samples(text: bytes) -> dict:
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_are_summed_and_per_worker_gauges_labelled():
+    texts = {
+        0: worker_text(3, 10, 1, [0.0005, 0.005]),
+        1: worker_text(4, 5, 0, [0.0005, 0.5]),
+    }
+    out = samples(workers.exposition(workers.aggregate(texts)))
+    assert out[("notifyd_sessions", (("serializer", "json"),))] == 7
+    assert out[("notifyd_events_delivered_total", ())] == 15
+    assert out[("notifyd_amqp_ready", (("worker", "0"),))] == 1
+    assert out[("notifyd_amqp_ready", (("worker", "1"),))] == 0
+    assert ("notifyd_amqp_ready", ()) not in out
+    bucket = "notifyd_delivery_latency_seconds_bucket"
+    assert out[(bucket, (("le", "0.001"),))] == 2
+    assert out[(bucket, (("le", "0.01"),))] == 3
+    assert out[(bucket, (("le", "+Inf"),))] == 4
+    assert out[("notifyd_delivery_latency_seconds_count", ())] == 4
+
+
+def test_a_worker_that_does_not_answer_is_left_out_of_the_sum():
+    out = samples(workers.exposition(workers.aggregate({1: worker_text(4, 5, 1, [])})))
+    assert out[("notifyd_sessions", (("serializer", "json"),))] == 4
+
+
+def test_ready_only_when_every_worker_is():
+    ok = (200, {"ready": True, "sessions": 2})
+    status = workers.combine_ready(2, {0: ok, 1: ok}, {0: 10, 1: 11})
+    assert status["ready"] and status["sessions"] == 4
+    assert [w["pid"] for w in status["workers"]] == [10, 11]
+    status = workers.combine_ready(2, {0: ok, 1: (503, {"ready": False})}, {0: 10, 1: 11})
+    assert not status["ready"] and status["workers"][1]["ready"] is False
+    status = workers.combine_ready(2, {0: ok}, {0: 10})  # worker 1 being restarted
+    assert not status["ready"] and status["workers"][1]["state"] == "restarting"
+    status = workers.combine_ready(2, {0: ok, 1: None}, {0: 10, 1: 11})
+    assert not status["ready"] and status["workers"][1]["state"] == "no answer"
+
+
+def test_each_worker_gets_a_private_admin_socket_and_its_share_of_connections():
+    settings = config.load(
+        None,
+        {},
+        {
+            "workers": "3",
+            "max_connections": 10000,
+            "admin_listen": ["tcp:9090:interface=127.0.0.1"],
+        },
+    )
+    values = workers.worker_settings(settings, 3, "unix:/run/x/w0.sock")
+    assert values["admin_listen"] == ["unix:/run/x/w0.sock"]
+    assert values["workers"] == "1" and values["testee_listen"] == []
+    assert values["max_connections"] == 3334
+    assert values["listen"] == settings.listen
+    unlimited = config.load(None, {}, {"max_connections": 0})
+    assert workers.worker_settings(unlimited, 3, "unix:/x")["max_connections"] == 0
+
+
+def test_auto_is_the_cores_this_process_may_use():
+    import os
+
+    settings = config.load(None, {}, {"workers": "auto"})
+    assert workers.count(settings) == len(os.sched_getaffinity(0))
+    assert workers.count(config.load(None, {}, {"workers": "7"})) == 7
+
+
+def test_workers_setting_refuses_nonsense():
+    import pytest
+
+    for bad in ("0", "-1", "two", "1.5", "257"):
+        with pytest.raises(config.ConfigError, match="workers"):
+            config.load(None, {}, {"workers": bad})
+    assert config.load(None, {"NOTIFYD_WORKERS": "AUTO"}).workers == "auto"
