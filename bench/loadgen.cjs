@@ -36,8 +36,11 @@ const cfg = JSON.parse(process.argv[2]);
 const n = cfg.n;
 const mode = cfg.mode || "wamp";
 const expect = cfg.expect || 0;
+// "tabsPerTopic": k gives k connections in a row the same topic (scenario S:
+// k browser tabs of one user, each connected on its own)
+const topicIndex = (i) => Math.floor(i / (cfg.tabsPerTopic || 1));
 const topicsFor = (i) =>
-  cfg.topicFormat ? [cfg.topicFormat.replace("{i}", String(i))]
+  cfg.topicFormat ? [cfg.topicFormat.replace("{i}", String(topicIndex(i)))]
   : cfg.topicPerClient ? [`${cfg.topicPerClient}.${i}`] : cfg.topics || [];
 const ownTopic = !!(cfg.topicPerClient || cfg.topicFormat);
 

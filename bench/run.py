@@ -630,6 +630,49 @@ def scenario_ce(amqp: str, m: int) -> dict:
     }
 
 
+def scenario_s(amqp: str, users: int, tabs: int) -> list[dict]:
+    """S: ``users`` browsers with ``tabs`` tabs each, every tab subscribed to
+    its user's topic: notifyd.js sharing one session per browser (one
+    connection per user) against every tab on its own."""
+    out = []
+    for shared in (True, False):
+        ex = fresh_exchange()
+        srv = Server("notifyd", amqp, ex, 18087)
+        n = users if shared else users * tabs
+        try:
+            rss0 = srv.rss()
+            lg = LoadGen(
+                {
+                    "url": srv.url,
+                    "n": n,
+                    "mode": "wamp",
+                    "topicFormat": "user.{i}.notifications",
+                    "tabsPerTopic": 1 if shared else tabs,
+                    "timeout": 600,
+                    "batch": 100,
+                }
+            )
+            # let allocator and buffers settle before reading RSS (a
+            # measurement, not a test)
+            time.sleep(1.0)
+            rss1 = srv.rss()
+            lg.result()
+        finally:
+            srv.stop()
+        out.append(
+            {
+                "shared": shared,
+                "users": users,
+                "tabs": tabs,
+                "sessions": n,
+                "rss_before_kib": rss0,
+                "rss_after_kib": rss1,
+                "rss_added_kib": rss1 - rss0,
+            }
+        )
+    return out
+
+
 def scenario_d(amqp: str, m: int, k: int) -> dict:
     ex = fresh_exchange()
     srv = Server("notifyd", amqp, ex, 18083)
@@ -925,6 +968,8 @@ def main() -> int:
                 "fixed": [scenario_t(amqp, kind, n, rate, rate * secs) for kind in PEERS],
                 "max": [scenario_t(amqp, kind, n, 0, unpaced) for kind in PEERS],
             }
+        if want("S"):
+            results["S"] = scenario_s(amqp, 1000, 5)
         if want("W"):
             n, _, _, unpaced = sizes["T"]
             results["W"] = scenario_w(amqp, n, unpaced)
@@ -1011,6 +1056,18 @@ def report(r: dict) -> None:
         report_t(r["T"])
     if "W" in r:
         report_w(r["W"])
+    if "S" in r:
+        print("\nS  1000 browsers x 5 tabs, every tab on its user's topic")
+        for x in r["S"]:
+            how = (
+                "one session per browser (notifyd.js sharing)"
+                if x["shared"]
+                else "every tab its own"
+            )
+            print(
+                f"   {how:<46} sessions {x['sessions']:>5}  server RSS +{x['rss_added_kib'] / 1024:.1f} MiB"
+                f" ({x['rss_before_kib'] / 1024:.1f} -> {x['rss_after_kib'] / 1024:.1f} MiB)"
+            )
     if "R" in r:
         x = r["R"]
         done = x["all_resubscribed_s"]

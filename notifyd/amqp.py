@@ -71,6 +71,10 @@ class _QueueBinder:
         )
 
 
+#: a read at least this big is not followed by the read_batch pause
+BATCHED_READ = 16384
+
+
 class _Connection(TwistedProtocolConnection):
     """pika's Twisted connection; with ``read_batch`` > 0 it stops reading
     for that many seconds after each read, so that the deliveries arriving
@@ -86,7 +90,14 @@ class _Connection(TwistedProtocolConnection):
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
-        if self._read_batch > 0 and not self._paused and self.transport is not None:
+        # a big read is a batch already (a backlog, a replay, a large body):
+        # pausing after it would only cap the throughput
+        if (
+            self._read_batch > 0
+            and len(data) < BATCHED_READ
+            and not self._paused
+            and self.transport is not None
+        ):
             self._paused = True
             self.transport.pauseProducing()
             self._clock.callLater(self._read_batch, self._resume)

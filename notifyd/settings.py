@@ -75,8 +75,8 @@ SETTINGS: tuple[Setting, ...] = (
         "1",
         "Worker processes, each a full node sharing the listen sockets: a number, or "
         "auto (one per CPU core this process may use). More than 1 needs admin_listen "
-        "(the parent serves /metrics, /readyz and /healthz for all workers) and tcp: or "
-        "unix: listen endpoints (terminate TLS in front).",
+        "(the parent serves /metrics, /readyz and /healthz for all workers) and tcp: "
+        "listen endpoints (terminate TLS in front).",
         checks.workers,
     ),
     Setting("realm", str, "realm1", "The WAMP realm clients join.", checks.realm),
@@ -185,9 +185,11 @@ SETTINGS: tuple[Setting, ...] = (
         "amqp_read_batch",
         float,
         0.002,
-        "Seconds notifyd waits after each read from RabbitMQ before reading again, so "
-        "that the deliveries arriving meanwhile are handled in one batch: less CPU per "
-        "event under load, at most this much more delivery latency. 0: read at once.",
+        "Seconds notifyd waits after a small read from RabbitMQ (under 16 KiB) before "
+        "reading again, so that the deliveries arriving meanwhile are handled in one "
+        "batch: less CPU per event under load, at most this much more latency per hop "
+        "(a logged topic's event takes three: ingest, its confirm, the log). 0: read "
+        "at once.",
         checks.between(0, 0.1),
     ),
     Setting(

@@ -104,7 +104,7 @@ def main() -> None:
 
     reactor.callWhenRunning(start)
     reactor.callWhenRunning(_stop_on_signals, reactor)
-    reactor.callWhenRunning(_watch_parent, reactor, os.getppid())
+    reactor.callWhenRunning(_watch_parent, reactor, spec.get("parent", os.getppid()))
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: service.stopService() if service.running else None
     )

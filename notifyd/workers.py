@@ -53,7 +53,6 @@ from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
     UNIXClientEndpoint,
-    UNIXServerEndpoint,
     serverFromString,
 )
 from twisted.internet.error import ProcessDone
@@ -96,10 +95,26 @@ def count(settings: configmod.Config) -> int:
     CPU cores this process may run on)."""
     if settings.workers == "auto":
         try:
-            return max(1, len(os.sched_getaffinity(0)))
+            cores = len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
-            return max(1, os.cpu_count() or 1)
+            cores = os.cpu_count() or 1
+        quota = cgroup_cpus()
+        if quota is not None:
+            cores = min(cores, quota)
+        return max(1, min(cores, 256))
     return int(settings.workers)
+
+
+def cgroup_cpus(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """The CPUs a cgroup v2 quota allows (a container's CPU limit), rounded
+    up; None without a quota."""
+    try:
+        quota, period = open(path).read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
 
 
 def check(settings: configmod.Config) -> None:
@@ -117,11 +132,12 @@ def check(settings: configmod.Config) -> None:
 
     for description in settings.listen:
         endpoint = serverFromString(reactor, description)
-        if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint)):
+        # (a unix: socket would be unlinked by the first worker that stops)
+        if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)):
             raise ConfigError(
-                f"listen endpoint {description!r}: workers share tcp: and unix: "
-                "sockets only; terminate TLS in front of notifyd (a proxy or load "
-                "balancer) or run one worker"
+                f"listen endpoint {description!r}: workers share tcp: sockets only; "
+                "terminate TLS (or serve a unix socket) in front of notifyd, or run "
+                "one worker"
             )
 
 
@@ -137,9 +153,27 @@ def worker_settings(settings: configmod.Config, workers: int, admin: str) -> dic
     return values
 
 
-def aggregate(texts: dict[int, str]) -> list[Metric]:
+#: metric types whose samples only grow (a sum of them must never go back)
+MONOTONIC = frozenset({"counter", "histogram"})
+
+
+def add_counters(into: dict[tuple[str, tuple[tuple[str, str], ...]], float], text: str) -> None:
+    """Add the counter and histogram samples of ``text`` into ``into``."""
+    for family in text_string_to_metric_families(text):
+        if family.type in MONOTONIC:
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                into[key] = into.get(key, 0.0) + sample.value
+
+
+def aggregate(
+    texts: dict[int, str],
+    retired: dict[tuple[str, tuple[tuple[str, str], ...]], float] | None = None,
+) -> list[Metric]:
     """Sum the workers' metrics (``texts``: worker index -> Prometheus text)
-    sample by sample; :data:`PER_WORKER` gauges get a ``worker`` label."""
+    sample by sample; :data:`PER_WORKER` gauges get a ``worker`` label.
+    ``retired``: counter samples of workers that ended, added to the sums
+    (so that a restart never makes a counter go back)."""
     families: dict[str, Metric] = {}
     sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for index, text in sorted(texts.items()):
@@ -154,6 +188,12 @@ def aggregate(texts: dict[int, str]) -> list[Metric]:
                     labels["worker"] = str(index)
                 key = (sample.name, tuple(sorted(labels.items())))
                 acc[key] = acc.get(key, 0.0) + sample.value
+    for (sample_name, labels), value in (retired or {}).items():
+        for name, family in families.items():
+            if family.type in MONOTONIC and sample_name.startswith(name):
+                key = (sample_name, labels)
+                sums[name][key] = sums[name].get(key, 0.0) + value
+                break
     for name, family in families.items():
         for (sample_name, labels), value in sums[name].items():
             family.add_sample(sample_name, dict(labels), value)
@@ -274,6 +314,12 @@ class WorkerPool(Service):
         self.running_workers: dict[int, _Worker] = {}
         self.restarts = 0
         self._young_deaths: dict[int, int] = {}
+        #: since when a worker slot has had no process (monotonic)
+        self._down_since: dict[int, float] = {}
+        #: each running worker's last /metrics, and the counters of the
+        #: workers that ended, so that the service's counters never go back
+        self._last_metrics: dict[int, str] = {}
+        self._retired: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._pending: dict[int, Any] = {}
         self._stopping = False
         self._dir: str | None = None
@@ -288,7 +334,11 @@ class WorkerPool(Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
-        self._dir = tempfile.mkdtemp(prefix="notifyd-workers-")  # mode 0700
+        # mode 0700; unix socket paths must stay under ~107 bytes
+        base = tempfile.gettempdir()
+        if len(base) > 60:
+            base = "/tmp"
+        self._dir = tempfile.mkdtemp(prefix="notifyd-workers-", dir=base)
         for index in range(self.workers):
             self._spawn(index)
         self._announce = LoopingCall(self._check_ready)
@@ -345,6 +395,7 @@ class WorkerPool(Service):
         admin = f"unix:{path}:mode=600:lockfile=0"
         spec = {
             "index": index,
+            "parent": os.getpid(),
             "settings": worker_settings(self.settings, self.workers, admin),
             "listen": listen,
         }
@@ -352,13 +403,25 @@ class WorkerPool(Service):
         env = dict(os.environ)
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
-        self._reactor.spawnProcess(
-            worker,
-            self._executable,
-            [self._executable, "-m", "notifyd.worker"],
-            env=env,
-            childFDs=child_fds,
-        )
+        try:
+            self._reactor.spawnProcess(
+                worker,
+                self._executable,
+                [self._executable, "-m", "notifyd.worker"],
+                env=env,
+                childFDs=child_fds,
+            )
+        except OSError as e:  # out of file descriptors or processes
+            self.log.error(
+                "cannot start worker {index} ({error}); trying again in {delay} s",
+                index=index,
+                error=str(e),
+                delay=MAX_RESTART_DELAY,
+            )
+            self._down_since.setdefault(index, time.monotonic())
+            self._pending[index] = self._reactor.callLater(MAX_RESTART_DELAY, self._spawn, index)
+            return
+        self._down_since.pop(index, None)
         self.running_workers[index] = worker
         self.log.info("started worker {index} (pid {pid})", index=index, pid=worker.pid)
 
@@ -372,6 +435,11 @@ class WorkerPool(Service):
         """A worker exited: restart it unless the service is stopping."""
         if self.running_workers.get(worker.index) is worker:
             del self.running_workers[worker.index]
+            self._down_since[worker.index] = time.monotonic()
+            last = self._last_metrics.pop(worker.index, None)
+            if last is not None:
+                # what it counted stays counted (up to its last scrape)
+                add_counters(self._retired, last)
         how = _how(reason)
         if self._stopping or not self.running:
             self.log.info("worker {index} stopped ({how})", index=worker.index, how=how)
@@ -437,6 +505,25 @@ class WorkerPool(Service):
             lambda answers: dict(zip(indices, answers, strict=True))
         )
 
+    def health_problems(self, answers: dict[int, tuple[int, bytes] | None]) -> list[str]:
+        """Why the service is not healthy (empty: it is): a running worker
+        that does not answer (its reactor is stuck; one still starting is
+        given ``YOUNG`` seconds), no worker at all, or a slot without a
+        process for longer than ``MAX_RESTART_DELAY`` plus ``YOUNG``."""
+        now = time.monotonic()
+        problems = []
+        for index, answer in sorted(answers.items()):
+            worker = self.running_workers.get(index)
+            starting = worker is not None and now - worker.started < YOUNG
+            if (answer is None or answer[0] != 200) and not starting:
+                problems.append(f"worker {index} does not answer\n")
+        for index, since in sorted(self._down_since.items()):
+            if now - since > MAX_RESTART_DELAY + YOUNG:
+                problems.append(f"worker {index} has not run for {now - since:.0f} s\n")
+        if not self.running_workers:
+            problems.append("no worker is running\n")
+        return problems
+
     def pids(self) -> dict[int, int]:
         return {i: w.pid for i, w in self.running_workers.items() if w.pid is not None}
 
@@ -470,18 +557,23 @@ class WorkerPool(Service):
         """The aggregated ``/metrics`` text."""
 
         def render(answers: dict[int, tuple[int, bytes] | None]) -> bytes:
-            texts = {
-                i: a[1].decode("utf-8", "replace")
-                for i, a in answers.items()
-                if a is not None and a[0] == 200
-            }
-            families = aggregate(texts)
+            texts = {}
+            answering = 0
+            for index, answer in answers.items():
+                if answer is not None and answer[0] == 200:
+                    texts[index] = answer[1].decode("utf-8", "replace")
+                    answering += 1
+                    self._last_metrics[index] = texts[index]
+                elif index in self._last_metrics:
+                    # no answer this time: its last figures stand in
+                    texts[index] = self._last_metrics[index]
+            families = aggregate(texts, self._retired)
             workers = GaugeMetricFamily(
                 "notifyd_workers", "worker processes by state", labels=["state"]
             )
             workers.add_metric(["configured"], self.workers)
             workers.add_metric(["running"], len(self.running_workers))
-            workers.add_metric(["answering"], len(texts))
+            workers.add_metric(["answering"], answering)
             families.append(workers)
             families.append(
                 CounterMetricFamily(
@@ -565,10 +657,9 @@ class _Ready(_Async):
 class _Health(_Async):
     def answer(self) -> Deferred[tuple[int, bytes, bytes]]:
         def judge(answers: dict[int, tuple[int, bytes] | None]) -> tuple[int, bytes, bytes]:
-            silent = [i for i, a in answers.items() if a is None or a[0] != 200]
-            if silent:
-                text = "".join(f"worker {i} does not answer\n" for i in silent)
-                return 503, b"text/plain; charset=utf-8", text.encode()
+            problems = self.pool.health_problems(answers)
+            if problems:
+                return 503, b"text/plain; charset=utf-8", "".join(problems).encode()
             return 200, b"text/plain; charset=utf-8", b"ok\n"
 
         return self.pool.fetch_all(b"/healthz").addCallback(judge)
@@ -657,7 +748,10 @@ class Supervisor(MultiService):
         backlog nobody accepts from), then stop the workers, then admin."""
         self._log.info("notifyd shutting down {n} workers", n=len(self.pool.running_workers))
         for listener in self.listeners:
-            yield listener.stopService()
+            try:
+                yield listener.stopService()
+            except Exception:
+                self._log.failure("closing {description} failed", description=listener.description)
         yield self.pool.stopService()
         yield MultiService.stopService(self)
         self._log.info("notifyd stopped: all workers ended")

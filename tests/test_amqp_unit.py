@@ -59,3 +59,12 @@ def test_a_connection_lost_while_waiting_is_not_resumed():
     transport.connected = False
     clock.advance(0.002)
     assert transport.producerState == "paused"
+
+
+def test_a_big_read_is_a_batch_already_and_is_not_followed_by_a_pause():
+    from notifyd.amqp import BATCHED_READ
+
+    proto, transport, clock, got = connection(0.002)
+    proto.dataReceived(b"x" * BATCHED_READ)
+    assert transport.producerState == "producing"
+    assert clock.getDelayedCalls() == []

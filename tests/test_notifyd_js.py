@@ -1,4 +1,5 @@
-"""Run web/notifyd.js's own unit tests (Node's test runner)."""
+"""Run web/notifyd.js's own unit tests (Node's test runner): the client and
+the Hub that shares one session between tabs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from tests.harness import ROOT
 
 
 def test_notifyd_js_unit_tests():
-    tests = ROOT / "tests" / "js" / "notifyd.test.cjs"
-    count = len(re.findall(r"^test\(", tests.read_text(), re.MULTILINE))
+    files = sorted((ROOT / "tests" / "js").glob("*.test.cjs"))
+    assert [f.name for f in files] == ["hub.test.cjs", "notifyd.test.cjs"]
+    count = sum(len(re.findall(r"^test\(", f.read_text(), re.MULTILINE)) for f in files)
     assert count > 0
     out = subprocess.run(
-        ["node", "--test", str(ROOT / "tests" / "js" / "notifyd.test.cjs")],
+        ["node", "--test", *map(str, files)],
         capture_output=True,
         text=True,
         cwd=str(ROOT),

@@ -158,6 +158,8 @@ def test_two_workers_deliver_report_as_one_restart_and_stop_cleanly(spawn, publi
     assert status["workers"][1]["pid"] == other["pid"]
     values = yield threads.deferToThread(metrics, node.admin)
     assert m(values, "notifyd_worker_restarts_total") == 1
+    # what the killed worker counted (up to its last scrape) stays counted
+    assert m(values, "notifyd_events_delivered_total") == 20 * len(clients)
     dropped = [c for c in clients if c.left.called]
     survivors = [c for c in clients if not c.left.called]
     assert len(dropped) == victim["sessions"] and len(survivors) == per_worker[1]
@@ -233,4 +235,11 @@ def test_workers_need_an_admin_endpoint_and_plain_sockets(tmp_path):
             assert why in str(e), e
         else:
             raise AssertionError(f"accepted {bad.values['listen']}")
-    workers.check(settings(workers="4", admin_listen=[ADMIN], listen=["unix:/tmp/x.sock"]))
+    try:
+        # the first worker to stop would unlink a shared unix socket
+        workers.check(settings(workers="4", admin_listen=[ADMIN], listen=["unix:/tmp/x.sock"]))
+    except ConfigError as e:
+        assert "tcp: sockets only" in str(e)
+    else:
+        raise AssertionError("accepted a unix: listen endpoint")
+    workers.check(settings(workers="4", admin_listen=[ADMIN], listen=["tcp6:0:interface=\\:\\:1"]))

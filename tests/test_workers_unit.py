@@ -98,3 +98,50 @@ def test_workers_setting_refuses_nonsense():
         with pytest.raises(config.ConfigError, match="workers"):
             config.load(None, {}, {"workers": bad})
     assert config.load(None, {"NOTIFYD_WORKERS": "AUTO"}).workers == "auto"
+
+
+def test_a_restarted_or_silent_worker_never_makes_a_counter_go_back():
+    retired: dict = {}
+    first = worker_text(3, 10, 1, [0.0005])
+    workers.add_counters(retired, first)  # worker 0 ended having counted 10
+    out = samples(workers.exposition(workers.aggregate({0: worker_text(1, 2, 1, [0.5])}, retired)))
+    assert out[("notifyd_events_delivered_total", ())] == 12
+    assert out[("notifyd_delivery_latency_seconds_count", ())] == 2
+    # gauges of the old process are gone, not summed
+    assert out[("notifyd_sessions", (("serializer", "json"),))] == 1
+
+
+def test_auto_respects_a_containers_cpu_quota(tmp_path):
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")
+    assert workers.cgroup_cpus(str(quota)) == 2
+    quota.write_text("max 100000\n")
+    assert workers.cgroup_cpus(str(quota)) is None
+    assert workers.cgroup_cpus(str(tmp_path / "missing")) is None
+
+
+class _Proc:
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.pid = 1
+
+
+def test_health_judges_every_worker_slot():
+    import time
+
+    pool = workers.WorkerPool(config.load(None, {}, {}), 2, lambda: [], reactor=None)
+    now = time.monotonic()
+    ok = (200, b"ok\n")
+    pool.running_workers = {0: _Proc(now - 100), 1: _Proc(now - 100)}
+    assert pool.health_problems({0: ok, 1: ok}) == []
+    assert pool.health_problems({0: ok, 1: None}) == ["worker 1 does not answer\n"]
+    pool.running_workers = {0: _Proc(now - 100), 1: _Proc(now - 1)}  # 1 is starting
+    assert pool.health_problems({0: ok, 1: None}) == []
+    pool.running_workers = {0: _Proc(now - 100)}
+    pool._down_since = {1: now - 5}  # being restarted
+    assert pool.health_problems({0: ok}) == []
+    pool._down_since = {1: now - 1000}
+    assert pool.health_problems({0: ok}) == ["worker 1 has not run for 1000 s\n"]
+    pool.running_workers = {}
+    pool._down_since = {}
+    assert pool.health_problems({}) == ["no worker is running\n"]

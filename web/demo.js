@@ -47,7 +47,13 @@
     location.search = params.toString();
   });
 
-  var notifier = NotifyD.connect({ serializer: serializer, realm: realm, render: render });
+  var notifier = NotifyD.connect({
+    serializer: serializer,
+    realm: realm,
+    render: render,
+    // ?share=0: this tab connects on its own; ?share=leader: no SharedWorker
+    share: params.get("share") === "0" ? false : (params.get("share") || undefined),
+  });
   window.notifier = notifier; // for the curious (and the tests)
   $("fact-url").textContent = notifier.url + " (" + serializer + ")";
 
@@ -64,6 +70,15 @@
     $("fact-session").textContent = state === "live" && info.session ? String(info.session) : "–";
     if (state !== "live") { active = {}; drawSubs(); }
   });
+
+  var modes = { worker: "shared worker", leader: "leader tab", none: "this tab only" };
+  function drawTabs(n) {
+    var mode = notifier.sharing || "none";
+    $("fact-tabs").textContent = (n || 1) + (n === 1 || !n ? " tab" : " tabs") + " (" + modes[mode] + ")";
+    $("fact-tabs").setAttribute("data-tabs", String(n || 1));
+  }
+  notifier.on("tabs", drawTabs);
+  drawTabs(notifier.tabs || 1);
 
   var count = 0;
   notifier.on("event", function (event) {

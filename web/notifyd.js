@@ -587,11 +587,832 @@
     }
   };
 
+  /** Close for good; with a shared session, for every tab (a logout). */
+  Notifier.prototype.disconnect = Notifier.prototype.close;
+
+  /* ---- one session for all tabs of this origin -------------------------
+   *
+   * NotifyD.connect() shares one WAMP session between the tabs of a browser
+   * profile and origin (same URL, realm and serializer):
+   * - in a SharedWorker (notifyd-worker.js, next to notifyd.js) where the
+   *   browser has them;
+   * - else one tab is elected (Web Locks) and hosts it, relaying over a
+   *   BroadcastChannel; when it closes, the next tab takes over and resumes
+   *   from the oldest position any tab saw (each tab drops what it saw);
+   * - else (or with `share: false`) each tab connects on its own.
+   * The host (a Hub) holds one subscription per topic and match, counted by
+   * the tabs that want it, routes each event to the tabs that subscribed,
+   * and picks one tab to toast it: a visible one, the one focused last, or
+   * the first to become visible.  See web/README.md.
+   */
+
+  var SHARE_PREFIX = "notifyd:";
+  var RING = 500;          // events a Hub keeps per subscription to catch up a joining tab
+  var PENDING_TOASTS = 50; // toasts kept for a tab that becomes visible
+  var TOASTED = 2000;      // publications remembered as toasted
+  var GATHER_MS = 300;     // a new Hub waits this long for the tabs before subscribing
+  var PING_MS = 5000;      // tab heartbeat to a SharedWorker without Web Locks
+  var TICKET_MS = 10000;   // how long a Hub waits for a tab's ticket
+
+  var SCRIPT_URL = (typeof document !== "undefined" && document.currentScript &&
+    document.currentScript.src) || null;
+
+  function newId() {
+    return Math.random().toString(36).slice(2, 10) + Date.now().toString(36);
+  }
+
+  function isLogPosition(pub) {
+    return typeof pub === "number" && pub < LOG_ID_LIMIT;
+  }
+
+  function subKey(topic, match) { return (match || "exact") + " " + topic; }
+
+  /* What a Notifier needs from a tab's options, as plain data. */
+  function shareableOptions(options) {
+    return {
+      url: options.url,
+      realm: options.realm,
+      serializer: options.serializer,
+      serializers: options.serializers,
+      authid: options.authid,
+      authmethods: options.authmethods,
+      backoff: options.backoff,
+      hasTicket: options.ticket !== undefined,
+    };
+  }
+
+  function shareName(options) {
+    var urls = Array.isArray(options.url) ? options.url : [options.url || defaultUrl()];
+    return SHARE_PREFIX + JSON.stringify([urls, options.realm || "realm1",
+      options.serializers || [options.serializer || "json"]]);
+  }
+
+  function plainEvent(e) {
+    return {
+      topic: e.topic, args: e.args, kwargs: e.kwargs, publication: e.publication,
+      publisher: e.publisher, retained: e.retained,
+      receivedAt: e.receivedAt ? e.receivedAt.getTime() : Date.now(),
+    };
+  }
+
+  /* Calls fn(tabId) once the tab holding its lock is gone (Web Locks). */
+  function watchTab(locks, id, fn) {
+    locks.request(SHARE_PREFIX + "tab:" + id, function () { fn(id); });
+  }
+
+  /* ---- the host of the shared session ---------------------------------- */
+
+  function Hub(post, env) {
+    this._post = post;           // post(tabId or null for all, message)
+    this._env = env || {};       // {autobahn, locks}
+    this.tabs = {};              // id -> {visible, focusedAt, hasTicket, subs: {sid: {key, toast}}, seen}
+    this.keys = {};              // key -> {topic, match, refs, handle, ring, base, dropped, from, retained}
+    this.core = null;
+    this.state = null;
+    this._info = {};
+    this._toasted = { ids: {}, order: [] };
+    this._pending = [];
+    this._tickets = {};
+    this._gathering = true;
+    this._closed = null;
+  }
+
+  Hub.prototype.receive = function (m) {
+    if (!m || typeof m !== "object") { return; }
+    if (this._closed && m.t !== "bye") {
+      this._post(m.tab, { t: "closed", reason: this._closed });
+      return;
+    }
+    var tab = this.tabs[m.tab];
+    if (tab) { tab.seen = Date.now(); }
+    switch (m.t) {
+      case "hello": this._hello(m); break;
+      case "sub": if (tab) { this._sub(m.tab, m.sub); } break;
+      case "unsub": if (tab) { this._unsub(m.tab, m.sid); } break;
+      case "vis":
+        if (tab) {
+          tab.visible = !!m.visible;
+          tab.focusedAt = m.focusedAt || 0;
+          if (tab.visible) { this._flushToasts(m.tab); }
+        }
+        break;
+      case "bye": this.drop(m.tab); break;
+      case "close": this.closeAll(m.reason || "closed"); break;
+      case "ticket": this._ticketAnswer(m); break;
+      case "publish": this._publish(m); break;
+      default: break;
+    }
+  };
+
+  Hub.prototype._hello = function (m) {
+    var self = this;
+    var fresh = !this.tabs[m.tab];
+    var tab = this.tabs[m.tab] || { subs: {} };
+    tab.visible = !!m.visible;
+    tab.focusedAt = m.focusedAt || 0;
+    tab.hasTicket = !!(m.options && m.options.hasTicket);
+    tab.seen = Date.now();
+    this.tabs[m.tab] = tab;
+    if (fresh && this._env.locks) {
+      watchTab(this._env.locks, m.tab, function (id) { self.drop(id); });
+    }
+    if (!this.core) { this._start(m.options || {}); }
+    this._post(m.tab, { t: "welcome", state: this.state, info: this._info, tabs: this._count() });
+    (m.subs || []).forEach(function (s) { if (!tab.subs[s.sid]) { self._sub(m.tab, s); } });
+    this._broadcastCount();
+  };
+
+  Hub.prototype._count = function () { return Object.keys(this.tabs).length; };
+
+  Hub.prototype._broadcastCount = function () {
+    this._post(null, { t: "tabs", count: this._count() });
+  };
+
+  Hub.prototype._start = function (opts) {
+    var self = this;
+    var o = {
+      url: opts.url, realm: opts.realm, serializer: opts.serializer, serializers: opts.serializers,
+      authid: opts.authid, authmethods: opts.authmethods, backoff: opts.backoff,
+      toasts: false, autobahn: this._env.autobahn,
+    };
+    if (opts.hasTicket) { o.ticket = function () { return self._askTicket(); }; }
+    var core = this.core = new Notifier(o);
+    core.on("state", function (state, info) {
+      self.state = state;
+      self._info = {
+        session: info.session, reconnects: info.reconnects, reason: info.reason,
+        wampReason: info.wampReason, retryIn: info.retryIn,
+      };
+      if (state !== "live") {
+        for (var key in self.keys) { self.keys[key].confirmed = null; }
+      }
+      self._post(null, { t: "state", state: state, info: self._info });
+    });
+    core.on("disconnect", function (info) { self._post(null, { t: "disconnect", info: info }); });
+    core.on("subscribed", function (info) {
+      var rec = self.keys[subKey(info.topic, info.match)];
+      if (rec) { rec.confirmed = info; }
+      self._toRefs(subKey(info.topic, info.match), function (tab, sid) {
+        return { t: "subscribed", sid: sid, info: info };
+      });
+    });
+    core.on("gap", function (g) {
+      var rec = self._byHandle(g.subscription);
+      if (!rec) { return; }
+      rec.base = typeof g.position === "number" ? g.position : null;
+      rec.ring = [];
+      rec.dropped = null;
+      var info = { topic: g.topic, requested: g.requested, first: g.first, position: g.position };
+      self._toRefs(subKey(rec.topic, rec.match), function (tab, sid) {
+        return { t: "gap", sid: sid, info: info };
+      });
+    });
+    core.on("error", function (e) {
+      Object.keys(self.keys).forEach(function (key) {
+        if (self.keys[key].topic === e.topic) {
+          self._toRefs(key, function (tab, sid) { return { t: "error", sid: sid, info: e }; });
+        }
+      });
+    });
+    // give the other tabs a moment to say hello, so that the subscriptions
+    // resume from the oldest position any of them saw (a hand-over)
+    setTimeout(function () {
+      self._gathering = false;
+      Object.keys(self.keys).forEach(function (key) { self._subscribeKey(key); });
+    }, GATHER_MS);
+  };
+
+  Hub.prototype._byHandle = function (handle) {
+    var keys = this.keys;
+    for (var key in keys) {
+      if (keys[key].handle === handle) { return keys[key]; }
+    }
+    return null;
+  };
+
+  Hub.prototype._toRefs = function (key, make) {
+    var rec = this.keys[key];
+    if (!rec) { return; }
+    var self = this;
+    Object.keys(rec.refs).forEach(function (ref) {
+      var i = ref.indexOf("/");
+      var tab = ref.slice(0, i);
+      self._post(tab, make(tab, ref.slice(i + 1)));
+    });
+  };
+
+  Hub.prototype._sub = function (tabId, s) {
+    var tab = this.tabs[tabId];
+    var key = subKey(s.topic, s.match);
+    tab.subs[s.sid] = { key: key, toast: s.toast !== false };
+    var rec = this.keys[key];
+    var from = isLogPosition(s.resumeAfter) ? s.resumeAfter : null;
+    if (!rec) {
+      rec = this.keys[key] = {
+        topic: s.topic, match: s.match || "exact", refs: {}, handle: null, ring: [],
+        base: from, dropped: null, from: from, noResume: !!s.noResume,
+        retained: !!s.retained, retainedEvent: null, confirmed: null,
+      };
+      rec.refs[tabId + "/" + s.sid] = true;
+      if (!this._gathering) { this._subscribeKey(key); }
+      return;
+    }
+    rec.refs[tabId + "/" + s.sid] = true;
+    if (rec.confirmed) {
+      this._post(tabId, { t: "subscribed", sid: s.sid, info: rec.confirmed });
+    }
+    if (!rec.handle) {
+      // not subscribed yet (a new Hub gathering its tabs): start from the
+      // oldest position wanted
+      if (from !== null && (rec.from === null || from < rec.from)) { rec.from = rec.base = from; }
+      rec.retained = rec.retained || !!s.retained;
+      return;
+    }
+    this._catchUp(tabId, s, rec);
+  };
+
+  Hub.prototype._subscribeKey = function (key) {
+    var self = this;
+    var rec = this.keys[key];
+    if (!rec || rec.handle) { return; }
+    var opts = {
+      match: rec.match, toast: false, retained: rec.retained,
+      onEvent: function (e) { self._event(key, e); },
+    };
+    if (rec.from !== null) { opts.resumeAfter = rec.from; }
+    if (rec.noResume) { opts.resume = false; }
+    rec.handle = this.core.subscribe(rec.topic, opts);
+  };
+
+  /* A tab joins a subscription other tabs already hold: give it what this
+   * Hub received after the tab's position, or a gap where the Hub cannot
+   * know (its memory does not reach back that far). */
+  Hub.prototype._catchUp = function (tabId, s, rec) {
+    var self = this;
+    if (s.retained && rec.retainedEvent) {
+      this._post(tabId, { t: "event", sids: [s.sid], event: rec.retainedEvent, toast: false });
+    }
+    if (!isLogPosition(s.resumeAfter)) { return; }
+    var base = rec.base;
+    if (base === null && rec.handle) {
+      var p = rec.handle.position();
+      base = rec.base = isLogPosition(p) ? p : null;
+    }
+    var covered = base !== null && s.resumeAfter >= base &&
+      (rec.dropped === null || s.resumeAfter >= rec.dropped);
+    if (!covered) {
+      this._post(tabId, { t: "gap", sid: s.sid, info: {
+        topic: s.topic, requested: s.resumeAfter, first: null,
+        position: rec.handle ? rec.handle.position() : null,
+      } });
+      return;
+    }
+    rec.ring.forEach(function (ev) {
+      if (ev.publication > s.resumeAfter) {
+        self._post(tabId, { t: "event", sids: [s.sid], event: ev, toast: false });
+      }
+    });
+  };
+
+  Hub.prototype._event = function (key, e) {
+    var rec = this.keys[key];
+    if (!rec) { return; }
+    var ev = plainEvent(e);
+    if (ev.retained) { rec.retainedEvent = ev; }
+    if (!ev.retained && isLogPosition(ev.publication)) {
+      rec.ring.push(ev);
+      if (rec.ring.length > RING) { rec.dropped = rec.ring.shift().publication; }
+    }
+    var byTab = {};
+    Object.keys(rec.refs).forEach(function (ref) {
+      var i = ref.indexOf("/");
+      (byTab[ref.slice(0, i)] = byTab[ref.slice(0, i)] || []).push(ref.slice(i + 1));
+    });
+    var toastTab = this._toastTab(key, byTab, ev);
+    for (var tab in byTab) {
+      this._post(tab, { t: "event", sids: byTab[tab], event: ev, toast: tab === toastTab });
+    }
+  };
+
+  Hub.prototype._wantsToast = function (tabId, sids) {
+    var tab = this.tabs[tabId];
+    return !!tab && sids.some(function (sid) { return tab.subs[sid] && tab.subs[sid].toast; });
+  };
+
+  /* The one tab that toasts this event: visible, focused last; or none now
+   * (queued for the first tab that becomes visible). */
+  Hub.prototype._toastTab = function (key, byTab, ev) {
+    var id = ev.publication;
+    if (id !== undefined && id !== null) {
+      if (this._toasted.ids[id]) { return null; }
+    }
+    var self = this;
+    var best = null;
+    var wanted = false;
+    Object.keys(byTab).forEach(function (tabId) {
+      if (!self._wantsToast(tabId, byTab[tabId])) { return; }
+      wanted = true;
+      var tab = self.tabs[tabId];
+      if (tab.visible && (best === null || tab.focusedAt > self.tabs[best].focusedAt)) { best = tabId; }
+    });
+    if (!wanted) { return null; }
+    if (id !== undefined && id !== null) {
+      this._toasted.ids[id] = true;
+      this._toasted.order.push(id);
+      if (this._toasted.order.length > TOASTED) { delete this._toasted.ids[this._toasted.order.shift()]; }
+    }
+    if (best === null) {
+      this._pending.push({ key: key, event: ev });
+      if (this._pending.length > PENDING_TOASTS) { this._pending.shift(); }
+    }
+    return best;
+  };
+
+  Hub.prototype._flushToasts = function (tabId) {
+    var tab = this.tabs[tabId];
+    var self = this;
+    this._pending = this._pending.filter(function (p) {
+      var sid = Object.keys(tab.subs).filter(function (s) {
+        return tab.subs[s].key === p.key && tab.subs[s].toast;
+      })[0];
+      if (sid === undefined) { return true; }
+      self._post(tabId, { t: "toast", sid: sid, event: p.event });
+      return false;
+    });
+  };
+
+  Hub.prototype._unsub = function (tabId, sid) {
+    var tab = this.tabs[tabId];
+    var entry = tab && tab.subs[sid];
+    if (!entry) { return; }
+    delete tab.subs[sid];
+    var rec = this.keys[entry.key];
+    if (!rec) { return; }
+    delete rec.refs[tabId + "/" + sid];
+    if (Object.keys(rec.refs).length === 0) {
+      // the last tab dropped it: unsubscribe on the server
+      if (rec.handle) { rec.handle.unsubscribe(); }
+      delete this.keys[entry.key];
+      this._pending = this._pending.filter(function (p) { return p.key !== entry.key; });
+    }
+  };
+
+  /* A tab is gone (closed, navigated away, or silent). */
+  Hub.prototype.drop = function (tabId) {
+    var tab = this.tabs[tabId];
+    if (!tab) { return; }
+    var self = this;
+    Object.keys(tab.subs).forEach(function (sid) { self._unsub(tabId, sid); });
+    delete this.tabs[tabId];
+    this._broadcastCount();
+  };
+
+  /* Drop the tabs not heard from for `ms` (without Web Locks). */
+  Hub.prototype.expire = function (ms) {
+    var now = Date.now();
+    var self = this;
+    Object.keys(this.tabs).forEach(function (id) {
+      if (now - self.tabs[id].seen > ms) { self.drop(id); }
+    });
+  };
+
+  Hub.prototype.closeAll = function (reason) {
+    if (this._closed) { return; }
+    this._closed = reason;
+    if (this.core) { this.core.close(); }
+    this._post(null, { t: "closed", reason: reason });
+  };
+
+  Hub.prototype._askTicket = function () {
+    var self = this;
+    var ids = Object.keys(this.tabs).filter(function (id) { return self.tabs[id].hasTicket; });
+    ids.sort(function (a, b) { return self.tabs[b].focusedAt - self.tabs[a].focusedAt; });
+    if (!ids.length) { return Promise.reject(new Error("NotifyD: no tab can give a ticket")); }
+    var id = newId();
+    return new Promise(function (resolve, reject) {
+      var timer = setTimeout(function () {
+        delete self._tickets[id];
+        reject(new Error("NotifyD: no ticket from the tabs"));
+      }, TICKET_MS);
+      self._tickets[id] = { resolve: resolve, reject: reject, timer: timer };
+      self._post(ids[0], { t: "ticket?", id: id });
+    });
+  };
+
+  Hub.prototype._ticketAnswer = function (m) {
+    var waiting = this._tickets[m.id];
+    if (!waiting) { return; }
+    delete this._tickets[m.id];
+    clearTimeout(waiting.timer);
+    if (m.error !== undefined) {
+      if (/logged out/i.test(String(m.error))) { this.closeAll("logged out"); }
+      waiting.reject(new Error(m.error));
+    } else {
+      waiting.resolve(m.value);
+    }
+  };
+
+  Hub.prototype._publish = function (m) {
+    var self = this;
+    this.core.publish(m.topic, m.args, m.kwargs, m.options).then(function () {
+      self._post(m.tab, { t: "published", id: m.id, ok: true });
+    }, function (err) {
+      self._post(m.tab, { t: "published", id: m.id, ok: false,
+        error: err && err.error ? err.error : String(err && err.message || err) });
+    });
+  };
+
+  /* A SharedWorker's global scope hosts one Hub for every tab that connects. */
+  function serveSharedWorker(scope) {
+    var ports = {};
+    var locks = scope.navigator && scope.navigator.locks;
+    var hub = new Hub(function (tab, msg) {
+      if (tab) {
+        if (ports[tab]) { ports[tab].postMessage(msg); }
+        return;
+      }
+      for (var id in ports) { ports[id].postMessage(msg); }
+    }, { autobahn: scope.autobahn, locks: locks });
+    if (!locks) { setInterval(function () { hub.expire(3 * PING_MS); }, PING_MS); }
+    var drop = hub.drop;
+    hub.drop = function (id) { drop.call(hub, id); delete ports[id]; };
+    scope.onconnect = function (e) {
+      var port = e.ports[0];
+      port.onmessage = function (ev) {
+        var m = ev.data;
+        if (m && m.t === "hello") { ports[m.tab] = port; }
+        hub.receive(m);
+      };
+      port.start();
+    };
+    return hub;
+  }
+
+  /* ---- a tab's side of the shared session ------------------------------ */
+
+  function SharedNotifier(options, mode) {
+    this.options = options;
+    this.sharing = mode;
+    this.tab = newId();
+    this._urls = Array.isArray(options.url) ? options.url.slice() : [options.url || defaultUrl()];
+    this.url = this._urls[0];
+    this.realm = options.realm || "realm1";
+    this._listeners = {};
+    this._wanted = [];
+    this._replies = {};
+    this._closing = false;
+    this.state = null;
+    this.reconnects = 0;
+    this.tabs = 1;
+    var toasts = options.toasts === undefined ? true : options.toasts;
+    this._toaster = toasts ? new Toaster(toasts === true ? {} : toasts) : null;
+    this._render = options.render || defaultRender;
+    this._focusedAt = document.hasFocus() ? Date.now() : 0;
+    this._name = shareName(options);
+    var self = this;
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "visible") { self._focusedAt = Date.now(); }
+      self._send({ t: "vis", visible: self._visible(), focusedAt: self._focusedAt });
+    });
+    window.addEventListener("focus", function () {
+      self._focusedAt = Date.now();
+      self._send({ t: "vis", visible: self._visible(), focusedAt: self._focusedAt });
+    });
+    window.addEventListener("pagehide", function () { self._send({ t: "bye" }); });
+    this._setState("connecting");
+    this._connect(mode);
+  }
+
+  ["on", "off", "_emit", "_setState", "subscriptions", "toast"].forEach(function (name) {
+    SharedNotifier.prototype[name] = Notifier.prototype[name];
+  });
+
+  SharedNotifier.prototype._visible = function () {
+    return document.visibilityState === "visible";
+  };
+
+  SharedNotifier.prototype._connect = function (mode) {
+    var self = this;
+    this.sharing = mode;
+    if (mode === "worker") {
+      var worker;
+      try {
+        worker = new SharedWorker(workerUrl(this.options), { name: this._name });
+      } catch (e) {
+        this._connect(leaderPossible() ? "leader" : "none");
+        return;
+      }
+      var welcomed = false;
+      worker.onerror = function () { if (!welcomed) { self._connect(leaderPossible() ? "leader" : "none"); } };
+      worker.port.onmessage = function (ev) {
+        if (ev.data && ev.data.t === "welcome") { welcomed = true; }
+        self._receive(ev.data);
+      };
+      worker.port.start();
+      this._port = worker.port;
+      this._holdTabLock(function () { self._hello(); });
+      if (!navigator.locks) {
+        setInterval(function () { self._send({ t: "ping" }); }, PING_MS);
+      }
+      return;
+    }
+    if (mode === "leader") {
+      var channel = new BroadcastChannel(this._name);
+      channel.onmessage = function (ev) {
+        var m = ev.data;
+        if (m && (m.to === self.tab || m.to === "*")) { self._receive(m); }
+      };
+      this._port = channel;
+      this._holdTabLock(function () {
+        self._hello();
+        // the tab that gets the lock hosts the session until it goes
+        navigator.locks.request(self._name + ":host", function () {
+          self._host();
+          return new Promise(function () {});
+        });
+      });
+      return;
+    }
+    // neither: this tab connects on its own, as notifyd.js always did
+    this.sharing = "none";
+    this._localHub();
+  };
+
+  function leaderPossible() {
+    return typeof BroadcastChannel !== "undefined" && typeof navigator !== "undefined" &&
+      !!navigator.locks;
+  }
+
+  function workerUrl(options) {
+    if (options.workerUrl) { return options.workerUrl; }
+    var ab = document.querySelector("script[src*='autobahn']");
+    var base = SCRIPT_URL || location.href;
+    var url = new URL("notifyd-worker.js", base);
+    url.searchParams.set("notifyd", new URL(base).href);
+    if (ab) { url.searchParams.set("autobahn", ab.src); }
+    return url.href;
+  }
+
+  /* This tab holds a lock named after it while it lives: the host learns
+   * it is gone when the lock is released. */
+  SharedNotifier.prototype._holdTabLock = function (then) {
+    if (!navigator.locks) { then(); return; }
+    var granted = false;
+    navigator.locks.request(SHARE_PREFIX + "tab:" + this.tab, function () {
+      granted = true;
+      then();
+      return new Promise(function () {});
+    });
+    return granted;
+  };
+
+  /* This tab was elected: host the Hub, relaying over the BroadcastChannel. */
+  SharedNotifier.prototype._host = function () {
+    var out = new BroadcastChannel(this._name);
+    var hub = new Hub(function (tab, msg) {
+      msg.to = tab || "*";
+      out.postMessage(msg);
+    }, { locks: navigator.locks });
+    this._hub = hub;
+    out.onmessage = function (ev) {
+      var m = ev.data;
+      if (m && m.to === "hub") { hub.receive(m); }
+    };
+    // every tab (this one too) says hello again to the new host
+    out.postMessage({ to: "*", t: "host" });
+  };
+
+  /* No sharing after all (the SharedWorker failed and there is no Web
+   * Locks): a Hub of this tab's own, so that one code path serves all. */
+  SharedNotifier.prototype._localHub = function () {
+    var self = this;
+    var hub = new Hub(function (tab, msg) { self._receive(msg); }, {});
+    this._hub = hub;
+    this._port = { postMessage: function (m) { hub.receive(m); } };
+    this._hello();
+  };
+
+  SharedNotifier.prototype._send = function (m) {
+    if (!this._port) { return; }
+    m.tab = this.tab;
+    if (this.sharing === "leader") { m.to = "hub"; }
+    this._port.postMessage(m);
+  };
+
+  SharedNotifier.prototype._subMessage = function (w) {
+    return {
+      sid: w.sid, topic: w.topic, match: w.options.match || "exact",
+      toast: w.options.toast === undefined ? true : !!w.options.toast,
+      retained: !!w.options.retained,
+      resumeAfter: w.noResume ? null : (w.last !== null ? w.last : w.resumeAfter),
+      noResume: w.noResume,
+    };
+  };
+
+  SharedNotifier.prototype._hello = function () {
+    var self = this;
+    this._send({
+      t: "hello",
+      options: shareableOptions(this.options),
+      visible: this._visible(),
+      focusedAt: this._focusedAt,
+      subs: this._wanted.map(function (w) { return self._subMessage(w); }),
+    });
+  };
+
+  SharedNotifier.prototype._find = function (sid) {
+    for (var i = 0; i < this._wanted.length; i++) {
+      if (this._wanted[i].sid === sid) { return this._wanted[i]; }
+    }
+    return null;
+  };
+
+  SharedNotifier.prototype._receive = function (m) {
+    if (!m || typeof m !== "object") { return; }
+    switch (m.t) {
+      case "host": this._hello(); break;
+      case "welcome":
+        if (m.state) { this._applyState(m.state, m.info || {}); }
+        this._tabs(m.tabs);
+        break;
+      case "state": this._applyState(m.state, m.info || {}); break;
+      case "tabs": this._tabs(m.count); break;
+      case "event": this._event(m); break;
+      case "toast": {
+        var w = this._find(m.sid);
+        if (w) { this._show(w, this._eventFor(w, m.event)); }
+        break;
+      }
+      case "subscribed": if (this._find(m.sid)) { this._emit("subscribed", m.info); } break;
+      case "gap": {
+        var g = this._find(m.sid);
+        if (g) {
+          g.last = null;
+          g.resumeAfter = typeof m.info.position === "number" ? m.info.position : null;
+          this._emit("gap", {
+            topic: m.info.topic, subscription: g.handle, requested: m.info.requested,
+            first: m.info.first, position: m.info.position,
+          });
+        }
+        break;
+      }
+      case "error": if (this._find(m.sid)) { this._emit("error", m.info); } break;
+      case "disconnect": this._emit("disconnect", m.info); break;
+      case "ticket?": this._giveTicket(m.id); break;
+      case "published": {
+        var r = this._replies[m.id];
+        if (r) {
+          delete this._replies[m.id];
+          if (m.ok) { r.resolve(true); } else { r.reject({ error: m.error }); }
+        }
+        break;
+      }
+      case "closed":
+        this._closing = true;
+        this._setState("closed", { reason: m.reason });
+        break;
+      default:
+        break;
+    }
+  };
+
+  SharedNotifier.prototype._applyState = function (state, info) {
+    if (this._closing && state !== "closed") { return; }
+    if (typeof info.reconnects === "number") { this.reconnects = info.reconnects; }
+    this._setState(state, info);
+  };
+
+  SharedNotifier.prototype._tabs = function (count) {
+    if (typeof count !== "number" || count === this.tabs) { return; }
+    this.tabs = count;
+    this._emit("tabs", count);
+  };
+
+  SharedNotifier.prototype._eventFor = function (w, e) {
+    return {
+      topic: e.topic, args: e.args || [], kwargs: e.kwargs || {}, publication: e.publication,
+      publisher: e.publisher, retained: !!e.retained, subscription: w.handle,
+      receivedAt: new Date(e.receivedAt),
+    };
+  };
+
+  SharedNotifier.prototype._event = function (m) {
+    var toasted = false;
+    for (var i = 0; i < m.sids.length; i++) {
+      var w = this._find(m.sids[i]);
+      if (!w) { continue; }
+      var pub = m.event.publication;
+      if (!m.event.retained && isLogPosition(pub)) {
+        // after a hand-over the new host resumes from the oldest position
+        // any tab saw: drop what this tab already had
+        if (w.last !== null && pub <= w.last) { continue; }
+        w.last = pub;
+      }
+      var event = this._eventFor(w, m.event);
+      if (w.options.onEvent) {
+        try { w.options.onEvent(event); } catch (e) {
+          if (typeof console !== "undefined") { console.error("NotifyD onEvent failed:", e); }
+        }
+      }
+      this._emit("event", event);
+      if (m.toast && !toasted && (w.options.toast === undefined || w.options.toast)) {
+        toasted = this._show(w, event);
+      }
+    }
+  };
+
+  SharedNotifier.prototype._show = function (w, event) {
+    if (!this._toaster) { return false; }
+    var render = w.options.render || this._render;
+    var content = render(event);
+    if (!content) { return false; }
+    content.topic = event.topic;
+    this._toaster.show(content);
+    return true;
+  };
+
+  SharedNotifier.prototype._giveTicket = function (id) {
+    var self = this;
+    var ticket = this.options.ticket;
+    Promise.resolve().then(function () {
+      return typeof ticket === "function" ? ticket() : ticket;
+    }).then(function (value) {
+      self._send({ t: "ticket", id: id, value: value });
+    }, function (err) {
+      self._send({ t: "ticket", id: id, error: String(err && err.message || err) });
+    });
+  };
+
+  SharedNotifier.prototype.subscribe = function (topic, options) {
+    var self = this;
+    if (typeof options === "function") { options = { onEvent: options }; }
+    options = options || {};
+    var resumeAfter = options.resumeAfter !== undefined ? options.resumeAfter : this.options.resumeAfter;
+    var w = {
+      sid: newId(), topic: topic, options: options, last: null,
+      resumeAfter: typeof resumeAfter === "number" ? resumeAfter : null,
+      noResume: options.resume === false, handle: null,
+    };
+    w.handle = {
+      topic: topic,
+      match: options.match || "exact",
+      unsubscribe: function () {
+        var i = self._wanted.indexOf(w);
+        if (i >= 0) {
+          self._wanted.splice(i, 1);
+          self._send({ t: "unsub", sid: w.sid });
+        }
+        return Promise.resolve(true);
+      },
+      position: function () { return w.last !== null ? w.last : w.resumeAfter; },
+    };
+    this._wanted.push(w);
+    this._send({ t: "sub", sub: this._subMessage(w) });
+    return w.handle;
+  };
+
+  SharedNotifier.prototype.publish = function (topic, args, kwargs, options) {
+    var self = this;
+    if (this.state !== "live") { return Promise.reject(new Error("not connected")); }
+    var id = newId();
+    return new Promise(function (resolve, reject) {
+      self._replies[id] = { resolve: resolve, reject: reject };
+      self._send({ t: "publish", id: id, topic: topic, args: args || [], kwargs: kwargs || {},
+        options: options || { acknowledge: true } });
+    });
+  };
+
+  /** Close for good, for every tab sharing the session (a logout). */
+  SharedNotifier.prototype.close = function () {
+    this._closing = true;
+    this._send({ t: "close", reason: "closed by a tab" });
+    this._setState("closed", { reason: "closed by this tab" });
+  };
+  SharedNotifier.prototype.disconnect = SharedNotifier.prototype.close;
+
+  function shareMode(options) {
+    if (options.share === false || options.autobahn || typeof window === "undefined" ||
+        typeof document === "undefined") {
+      return "none";
+    }
+    if (options.share !== "leader" && typeof SharedWorker !== "undefined" &&
+        (options.workerUrl || SCRIPT_URL)) {
+      return "worker";
+    }
+    return leaderPossible() ? "leader" : "none";
+  }
+
   return {
-    connect: function (options) { return new Notifier(options); },
+    connect: function (options) {
+      options = options || {};
+      var mode = shareMode(options);
+      return mode === "none" ? new Notifier(options) : new SharedNotifier(options, mode);
+    },
     Notifier: Notifier,
+    Hub: Hub,
     Toaster: Toaster,
     defaultRender: defaultRender,
-    version: "0.1.0",
+    _serveSharedWorker: serveSharedWorker,
+    version: "0.2.0",
   };
 });

@@ -1,0 +1,255 @@
+"""notifyd.js shares one session between the tabs of a browser (issue 15):
+five pages of the demo in one Debian Chromium context, against a real
+notifyd and RabbitMQ, through the SharedWorker, through the elected leader
+tab (SharedWorker disabled) and per tab (SharedWorker and BroadcastChannel
+disabled).
+
+Headless Chromium reports every page as visible, so the tests emulate Page
+Visibility: an init script lets a page be switched to hidden and fires
+``visibilitychange``, as the browser does when a tab goes to the
+background."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.sync_notifyd import SyncNotifyd, free_port
+from tests.test_history import history_args, stream  # noqa: F401
+
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT = 20_000
+
+VISIBILITY = """
+(() => {
+  let state = "visible";
+  Object.defineProperty(Document.prototype, "visibilityState", { get: () => state });
+  Object.defineProperty(Document.prototype, "hidden", { get: () => state !== "visible" });
+  window.__setVisible = (visible) => {
+    state = visible ? "visible" : "hidden";
+    document.dispatchEvent(new Event("visibilitychange"));
+  };
+})();
+"""
+WITHOUT = {
+    "worker": "",
+    "leader": "delete window.SharedWorker;",
+    "none": "delete window.SharedWorker; delete window.BroadcastChannel;",
+}
+# what each page subscribes to (demo page: ?sub=topic:match), overlapping
+PAGES = [
+    ["invoice.:prefix"],
+    ["invoice.sent:exact"],
+    ["invoice.paid:exact", "client.created:exact"],
+    ["invoice.:prefix"],
+    ["client.created:exact"],
+]
+PUBLISHED = [
+    "invoice.sent",
+    "invoice.paid",
+    "client.created",
+    "payroll.run",
+    "invoice.sent",
+    "invoice.overdue",
+    "client.created",
+    "invoice.paid",
+]
+
+
+def wants(subs: list[str], topic: str) -> bool:
+    for s in subs:
+        t, match = s.split(":")
+        if (match == "exact" and topic == t) or (match == "prefix" and topic.startswith(t)):
+            return True
+    return False
+
+
+def sessions(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(v) for v in re.findall(r"^notifyd_sessions\{[^}]*\} (\S+)", text, re.M))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(
+            "Debian chromium is not installed (apt-get install chromium); make test installs it"
+        )
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield b
+        b.close()
+
+
+def open_pages(browser: Any, port: int, mode: str, subs: list[list[str]]) -> tuple[Any, list]:
+    context = browser.new_context()
+    context.add_init_script(VISIBILITY + WITHOUT[mode])
+    problems: list[str] = []
+    pages = []
+    for i, page_subs in enumerate(subs):
+        page = context.new_page()
+        page.on("pageerror", lambda e, i=i: problems.append(f"page {i}: {e}"))
+        query = "&".join(f"sub={s}" for s in page_subs)
+        page.goto(f"http://127.0.0.1:{port}/?{query}")
+        pages.append(page)
+    for page, page_subs in zip(pages, subs, strict=True):
+        playwright.expect(page.locator("#subs li[data-active=true]")).to_have_count(
+            len(page_subs), timeout=TIMEOUT
+        )
+        # what each page receives, and the toasts it shows
+        page.evaluate(
+            """() => {
+              window.__got = [];
+              notifier.on("event", (e) => window.__got.push([e.topic, e.args[0].seq]));
+              window.__toasts = [];
+              new MutationObserver((records) => records.forEach((r) => r.addedNodes.forEach((n) => {
+                if (n.classList && n.classList.contains("notifyd-toast")) {
+                  window.__toasts.push(n.getAttribute("data-topic"));
+                }
+              }))).observe(document.body, { childList: true, subtree: true });
+            }"""
+        )
+    return context, pages, problems
+
+
+@pytest.mark.parametrize("mode", ["worker", "leader", "none"])
+def test_five_tabs_one_session_each_gets_its_events_one_toast_each(
+    browser, rabbit, exchange, publisher, mode
+):
+    port = free_port()
+    node = SyncNotifyd(rabbit.url, exchange, port).start()
+    context = None
+    try:
+        context, pages, problems = open_pages(browser, port, mode, PAGES)
+        expected_mode = {"worker": "worker", "leader": "leader", "none": None}[mode]
+        assert [p.evaluate("notifier.sharing || null") for p in pages] == [expected_mode] * 5
+        shared = mode != "none"
+        assert sessions(port) == (1 if shared else 5)
+        if shared:
+            for page in pages:
+                playwright.expect(page.locator("#fact-tabs")).to_have_attribute(
+                    "data-tabs", "5", timeout=TIMEOUT
+                )
+        # the user looks at page 1; the others are in the background
+        for i, page in enumerate(pages):
+            page.evaluate(f"window.__setVisible({'true' if i == 1 else 'false'})")
+
+        for seq, topic in enumerate(PUBLISHED):
+            publisher.publish(topic, {"seq": seq, "invoice": f"INV-{seq}", "client": "Acme"})
+        expected = [[[t, s] for s, t in enumerate(PUBLISHED) if wants(subs, t)] for subs in PAGES]
+        for page, want in zip(pages, expected, strict=True):
+            page.wait_for_function(f"window.__got.length >= {len(want)}", timeout=TIMEOUT)
+        # a last event for every page marks the end: nothing else arrived before it
+        publisher.publish("client.created", {"seq": 99, "client": "End"})
+        publisher.publish("invoice.sent", {"seq": 99, "invoice": "INV-99", "client": "End"})
+        # (every page wants exactly one of them)
+        for page in pages:
+            page.wait_for_function("window.__got.some((g) => g[1] === 99)", timeout=TIMEOUT)
+        got = [[g for g in p.evaluate("window.__got") if g[1] != 99] for p in pages]
+        assert got == expected  # exactly its own events, in order, once
+
+        toasts = [p.evaluate("window.__toasts") for p in pages]
+        if not shared:
+            # each tab on its own: each toasts its own events (as before)
+            assert [len(t) for t in toasts] == [len(e) + 1 for e in expected]
+        else:
+            # invoice.sent: page 1 is visible and subscribed: it toasts them
+            assert toasts[1] == ["invoice.sent", "invoice.sent", "invoice.sent"]
+            assert toasts[0] == toasts[2] == toasts[3] == toasts[4] == []
+            # the rest waits for a page that wants them to become visible
+            pages[2].evaluate("window.__setVisible(true)")
+            pages[2].wait_for_function("window.__toasts.length >= 4", timeout=TIMEOUT)
+            pages[4].evaluate("window.__setVisible(true)")
+            pages[0].evaluate("window.__setVisible(true)")
+            pages[0].wait_for_function("window.__toasts.length >= 1", timeout=TIMEOUT)
+            toasts = [p.evaluate("window.__toasts") for p in pages]
+            # invoice.paid x2 + client.created x3 on page 2 (at most 4 kept on
+            # screen, all counted); invoice.overdue only page 0 or 3 wants
+            assert sorted(toasts[2]) == sorted(
+                [
+                    "invoice.paid",
+                    "client.created",
+                    "client.created",
+                    "invoice.paid",
+                    "client.created",
+                ]
+            )
+            assert toasts[0] == ["invoice.overdue"]
+            assert toasts[3] == toasts[4] == []
+            total = sum(len(t) for t in toasts)
+            distinct = len([t for t in PUBLISHED if t != "payroll.run"]) + 2
+            assert total == distinct  # one toast per event per browser
+
+            # a logout in one tab ends the session for every tab
+            pages[3].evaluate("notifier.disconnect()")
+            for page in pages:
+                playwright.expect(page.locator("#status")).to_have_attribute(
+                    "data-state", "closed", timeout=TIMEOUT
+                )
+        assert problems == []
+    finally:
+        if context is not None:
+            context.close()
+        node.stop()
+
+
+def test_closing_the_leader_tab_loses_and_repeats_nothing(
+    browser,
+    rabbit,
+    exchange,
+    publisher,
+    stream,  # noqa: F811
+):
+    port = free_port()
+    node = SyncNotifyd(rabbit.url, exchange, port, *history_args(stream)).start()
+    context = None
+    stop = threading.Event()
+    sent: list[int] = []
+
+    def stream_events() -> None:
+        seq = 0
+        while not stop.is_set() and seq < 2000:
+            publisher.publish("invoice.sent", {"seq": seq, "invoice": f"INV-{seq}", "client": "A"})
+            sent.append(seq)
+            seq += 1
+            stop.wait(0.02)
+
+    try:
+        context, pages, problems = open_pages(browser, port, "leader", [["invoice.:prefix"]] * 3)
+        assert sessions(port) == 1
+        worker = threading.Thread(target=stream_events, daemon=True)
+        worker.start()
+        for page in pages:
+            page.wait_for_function("window.__got.length >= 20", timeout=TIMEOUT)
+        # page 0 got the lock first: it hosts the session; close it mid-stream
+        pages[0].close()
+        for page in pages[1:]:
+            page.wait_for_function(
+                "window.__got.length >= 40 && notifier.state === 'live'", timeout=TIMEOUT
+            )
+        stop.set()
+        worker.join(10)
+        last = sent[-1]
+        for page in pages[1:]:
+            page.wait_for_function(
+                f"window.__got.length && window.__got[window.__got.length - 1][1] >= {last}",
+                timeout=TIMEOUT,
+            )
+            seqs = [s for _, s in page.evaluate("window.__got")]
+            assert seqs == list(range(last + 1)), seqs  # nothing lost, nothing twice
+            assert page.evaluate("notifier.tabs") == 2
+        assert sessions(port) == 1
+        assert problems == []
+    finally:
+        stop.set()
+        if context is not None:
+            context.close()
+        node.stop()
