@@ -206,6 +206,8 @@ class AMQPService(Service):
         dead_letter_exchange: str | None = None,
         max_retry_delay: float = 10.0,
         read_batch: float = 0.0,
+        exchanges: tuple[str, ...] = (),
+        on_ready: Callable[[], object] | None = None,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -230,6 +232,10 @@ class AMQPService(Service):
         self._max_retry_delay = max_retry_delay
         #: seconds to wait after each read from RabbitMQ (see _Connection)
         self.read_batch = read_batch
+        #: more durable topic exchanges this node publishes to (presence)
+        self.exchanges = tuple(exchanges)
+        #: called after every (re)connect, once consuming
+        self._on_ready = on_ready
         self._backoff = backoffPolicy(initialDelay=0.5, maxDelay=max_retry_delay)
         #: set-ups RabbitMQ refused in a row (they count for the backoff)
         self.setup_failures = 0
@@ -336,6 +342,10 @@ class AMQPService(Service):
                 yield channel.queue_bind(
                     queue=queue, exchange=self.control_exchange, routing_key=""
                 )
+            for exchange in self.exchanges:
+                yield channel.exchange_declare(
+                    exchange=exchange, exchange_type="topic", durable=True
+                )
             yield channel.basic_qos(prefetch_count=self.prefetch)
             publish_channel = yield conn.channel()
             yield publish_channel.confirm_delivery()
@@ -380,6 +390,8 @@ class AMQPService(Service):
             n=len(self.bindings.bound),
         )
         self._consume(channel, consumer)
+        if self._on_ready is not None:
+            self._on_ready()
 
     def _channel_closed(self, reason: Any, conn: Any, which: str) -> None:
         if conn is self._conn and conn.is_open:
@@ -449,6 +461,26 @@ class AMQPService(Service):
             self._reject(channel, tag)
             return
         self._acks.later(channel, tag)
+
+    def send(self, exchange: str, routing_key: str, body: bytes) -> None:
+        """Publish ``body`` without waiting for RabbitMQ's confirm (presence:
+        a message lost while RabbitMQ is away is made good by the next
+        heartbeat); dropped while disconnected."""
+        channel = self._publish_channel
+        if channel is None or not channel.is_open:
+            return
+        channel.basic_publish(
+            exchange=exchange,
+            routing_key=routing_key,
+            body=body,
+            properties=pika.BasicProperties(content_type="application/json"),
+        ).addErrback(
+            lambda f: self._log.debug(
+                "presence message {key} not confirmed: {why}",
+                key=routing_key,
+                why=f.getErrorMessage(),
+            )
+        )
 
     def broadcast(self, body: bytes) -> Deferred[None]:
         """Publish ``body`` on the control exchange (every node gets it)."""

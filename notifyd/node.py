@@ -36,6 +36,7 @@ from notifyd.history import History, HistorySettings
 from notifyd.ingest import LogWriter
 from notifyd.logs import Logger
 from notifyd.metrics import make_registry
+from notifyd.presence import Presence
 from notifyd.ratelimit import Limits
 from notifyd.revocation import KillOrder
 from notifyd.router import Policy, Publisher, Router
@@ -179,6 +180,7 @@ def make_router(
     stats: Stats | None = None,
     clock: Any = None,
     new_id: Callable[[], int] = random_id,
+    presence: Presence | None = None,
 ) -> Router:
     """The state a node's sessions share: its broker (subscriptions bound
     through ``bindings``, or through the event log for logged topics) and
@@ -194,6 +196,7 @@ def make_router(
         stats=stats,
         history=history,
         broadcast_kill=broadcast_kill,
+        presence=presence,
     )
 
 
@@ -209,6 +212,8 @@ class Node:
     amqp: AMQPService
     ws_factory: WampServerFactory
     registry: CollectorRegistry
+    #: with ``presence`` on: the sessions published to the presence exchange
+    presence: Presence | None = None
 
     def status(self) -> dict[str, Any]:
         """What ``/readyz`` reports."""
@@ -258,6 +263,14 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
         killed = router.kill(order, broadcast=False)
         _log.info("kill order {order}: ended {n} sessions on this node", order=order, n=len(killed))
 
+    presence = None
+    if settings.presence:
+        presence = Presence(
+            lambda key, body: amqp.send(settings.presence_exchange, key, body),
+            reactor,
+            claims=settings.presence_claims,
+            interval=settings.presence_heartbeat,
+        )
     router = make_router(
         policy,
         bindings=bindings,
@@ -266,6 +279,7 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
         broadcast_kill=broadcast_kill,
         stats=stats,
         clock=reactor,
+        presence=presence,
     )
     amqp = AMQPService(
         settings.amqp_url,
@@ -280,6 +294,9 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
         dead_letter_exchange=settings.dead_letter_exchange,
         max_retry_delay=settings.amqp_max_retry_delay,
         read_batch=settings.amqp_read_batch,
+        exchanges=(settings.presence_exchange,) if presence is not None else (),
+        # a snapshot after every (re)connect: consumers are right again at once
+        on_ready=presence.heartbeat if presence is not None else None,
         reactor=reactor,
     )
     ws_factory = WampServerFactory(
@@ -298,7 +315,15 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
         clock=reactor,
     )
     node = Node(
-        settings, bindings, router.broker, router, history, amqp, ws_factory, CollectorRegistry()
+        settings,
+        bindings,
+        router.broker,
+        router,
+        history,
+        amqp,
+        ws_factory,
+        CollectorRegistry(),
+        presence,
     )
     node.registry = make_registry(node)
     return node

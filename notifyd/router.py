@@ -45,6 +45,14 @@ class SessionHandle(Protocol):
     def kill(self, reason: str, message: str | None = None) -> None: ...
 
 
+class SessionWatcher(Protocol):
+    """Told when a session joins and leaves (:class:`notifyd.presence.Presence`)."""
+
+    def joined(self, session: SessionHandle) -> None: ...
+
+    def left(self, session: SessionHandle) -> None: ...
+
+
 class PublishUnavailable(Exception):
     """RabbitMQ is not reachable right now."""
 
@@ -109,6 +117,7 @@ class Router:
         *,
         history: History | None = None,
         broadcast_kill: Callable[[KillOrder], object] | None = None,
+        presence: SessionWatcher | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -126,6 +135,8 @@ class Router:
         #: tells every other node to end the sessions a kill order selects
         #: (the AMQP control exchange); None: this node only
         self.broadcast_kill = broadcast_kill
+        #: told of every session's join and leave (notifyd.presence)
+        self.presence = presence
         if history is not None:
             history.deliver_to(self._timed_log_entry, self.log_gap)
 
@@ -142,11 +153,15 @@ class Router:
     def attach(self, session: SessionHandle) -> None:
         self.sessions[session.session_id] = session
         self.stats.inc("sessions_opened")
+        if self.presence is not None:
+            self.presence.joined(session)
 
     def detach(self, session: SessionHandle) -> None:
         if self.sessions.pop(session.session_id, None) is not None:
             self.broker.detach(session)
             self.stats.inc("sessions_closed")
+            if self.presence is not None:
+                self.presence.left(session)
 
     def kill(self, order: KillOrder, broadcast: bool = True) -> list[int]:
         """End this node's sessions that ``order`` (a

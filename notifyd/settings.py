@@ -329,6 +329,36 @@ SETTINGS: tuple[Setting, ...] = (
         checks.between(0, 600),
     ),
     Setting(
+        "presence",
+        bool,
+        False,
+        "Publish session joins and leaves and a node heartbeat with the node's "
+        "sessions to presence_exchange (docs/presence.md).",
+    ),
+    Setting(
+        "presence_exchange",
+        str,
+        "notifyd.presence",
+        "Topic exchange presence messages go to (declared durable).",
+        checks.exchange,
+    ),
+    Setting(
+        "presence_claims",
+        list,
+        [],
+        "authextra claims published with each session's presence (repeatable; "
+        "default: none: only session id, authid and authrole).",
+        checks.claims,
+    ),
+    Setting(
+        "presence_heartbeat",
+        float,
+        10.0,
+        "Seconds between a node's presence heartbeats; a consumer drops a node "
+        "silent for three of them.",
+        checks.between(1, 3600),
+    ),
+    Setting(
         "meta_api_roles",
         list,
         [],

@@ -24,6 +24,7 @@ from notifyd.auth import (
 )
 from notifyd.logs import Logger
 from notifyd.node import build_node, make_policy
+from notifyd.presence import PresenceService
 from notifyd.testee import make_testee_site
 from notifyd.web import ListenService, admin_resources, make_admin_site, make_site
 
@@ -127,6 +128,10 @@ class NotifydService(MultiService):
         #: every part of the node (notifyd.node builds and wires them)
         self.node = node = build_node(settings, reactor)
         node.amqp.setServiceParent(self)
+        if node.presence is not None:
+            # stopped before the AMQP service (children stop in reverse), so
+            # its last word reaches RabbitMQ
+            PresenceService(node.presence, reactor).setServiceParent(self)
         position = node.history.position if node.history is not None else None
         admin = admin_resources(node.status, node.registry, position)
         public = (
