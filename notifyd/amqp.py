@@ -208,6 +208,7 @@ class AMQPService(Service):
         read_batch: float = 0.0,
         exchanges: tuple[str, ...] = (),
         on_ready: Callable[[], object] | None = None,
+        attach: Callable[[Any, Any], Deferred[Any]] | None = None,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -236,6 +237,8 @@ class AMQPService(Service):
         self.exchanges = tuple(exchanges)
         #: called after every (re)connect, once consuming
         self._on_ready = on_ready
+        #: more set-up on every (re)connect: attach(channel, publish_channel)
+        self._attach = attach
         self._backoff = backoffPolicy(initialDelay=0.5, maxDelay=max_retry_delay)
         #: set-ups RabbitMQ refused in a row (they count for the backoff)
         self.setup_failures = 0
@@ -352,6 +355,8 @@ class AMQPService(Service):
             if self.history is not None:
                 yield self.history.attach(conn, channel, publish_channel, self.exchange)
             yield self.bindings.attach(_QueueBinder(channel, queue, self.exchange))
+            if self._attach is not None:
+                yield self._attach(channel, publish_channel)
             consumer, tag = yield channel.basic_consume(queue=queue, auto_ack=False)
         except Exception as e:
             self.bindings.detach()

@@ -139,6 +139,7 @@ class MetaApi:
             "wamp.subscription.count_subscribers": self.count_subscribers,
             "wamp.subscription.get_events": self.get_events,
             "notifyd.history.position": self.position,
+            "notifyd.presence.lookup": self.presence_lookup,
         }
 
     def __contains__(self, procedure: str) -> bool:
@@ -177,6 +178,20 @@ class MetaApi:
                 uris.ERROR_NOT_AUTHORIZED,
                 f"{session.authrole!r} may not see other sessions (meta_api_roles)",
             )
+
+    def presence_lookup(self, session: Caller, args: list, kwargs: dict) -> dict:
+        """Who is online in the whole cluster (docs/presence.md): kwargs
+        ``authid``, or ``claim`` and ``value``; meta roles only."""
+        self._may_see_sessions(session)
+        presence = session.router.presence
+        if presence is None:
+            raise CallError(uris.ERROR_PRESENCE_OFF, "presence is off on this node (presence)")
+        table = presence.cluster
+        self._charge(session, sum(len(s) for s in table.nodes.values()))
+        try:
+            return table.answer(dict(kwargs))
+        except ValueError as e:
+            raise CallError(uris.ERROR_INVALID_ARGUMENT, str(e)) from None
 
     def session_count(self, session: Caller, args: list, kwargs: dict) -> int:
         self._may_see_sessions(session)

@@ -37,6 +37,7 @@ from notifyd.ingest import LogWriter
 from notifyd.logs import Logger
 from notifyd.metrics import make_registry
 from notifyd.presence import Presence
+from notifyd.presence import attach as presence_attach
 from notifyd.ratelimit import Limits
 from notifyd.revocation import KillOrder
 from notifyd.router import Policy, Publisher, Router
@@ -297,6 +298,15 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
         exchanges=(settings.presence_exchange,) if presence is not None else (),
         # a snapshot after every (re)connect: consumers are right again at once
         on_ready=presence.heartbeat if presence is not None else None,
+        attach=(
+            (
+                lambda channel, publish_channel: presence_attach(
+                    channel, publish_channel, settings.presence_exchange, presence.cluster
+                )
+            )
+            if presence is not None
+            else None
+        ),
         reactor=reactor,
     )
     ws_factory = WampServerFactory(

@@ -33,9 +33,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import LoopingCall
 
+from notifyd.compat import consume_directly
 from notifyd.logs import Logger
+
+_log = Logger()
+
+#: how long a "who is online" request waits in its queue for a node
+REQUEST_TTL_MS = 10_000
 
 #: the ``version`` field of every presence message
 FORMAT = 1
@@ -69,6 +76,8 @@ class Presence:
         #: session id -> its published entry
         self.sessions: dict[int, dict[str, Any]] = {}
         self._seq = 0
+        #: the whole cluster's sessions, from the presence exchange
+        self.cluster = PresenceTable(clock)
 
     def _entry(self, session: Any) -> dict[str, Any]:
         extra = session.authextra or {}
@@ -112,6 +121,132 @@ class Presence:
         """The node stops: every session it held is gone."""
         self.sessions.clear()
         self._publish("stop", {})
+
+
+class PresenceTable:
+    """The cluster's sessions as the presence exchange tells them: what every
+    node with presence on keeps (to answer "who is online"), and what a
+    backend keeps the same way (``docs/presence.md``)."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        #: node -> {session id -> entry}
+        self.nodes: dict[str, dict[int, dict[str, Any]]] = {}
+        #: node -> (when its last heartbeat came, its interval)
+        self.heard: dict[str, tuple[float, float]] = {}
+
+    def apply(self, msg: dict[str, Any]) -> None:
+        """One presence message (ValueError if it is not one)."""
+        try:
+            node, kind = msg["node"], msg["type"]
+            if kind == "join":
+                entry = {k: msg[k] for k in ("session", "authid", "authrole", "claims", "joined")}
+                self.nodes.setdefault(node, {})[int(msg["session"])] = entry
+            elif kind == "leave":
+                self.nodes.get(node, {}).pop(int(msg["session"]), None)
+            elif kind == "node":
+                self.nodes[node] = {
+                    int(s["session"]): {
+                        k: s[k] for k in ("session", "authid", "authrole", "claims", "joined")
+                    }
+                    for s in msg["sessions"]
+                }
+                self.heard[node] = (self._clock.seconds(), float(msg["interval"]))
+            elif kind == "stop":
+                self.nodes.pop(node, None)
+                self.heard.pop(node, None)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a presence message: {e}") from None
+
+    def live_nodes(self) -> list[str]:
+        """Nodes whose last heartbeat is at most three intervals old."""
+        now = self._clock.seconds()
+        return [n for n, (when, interval) in self.heard.items() if now - when <= 3 * interval]
+
+    def lookup(
+        self, authid: str | None = None, claim: str | None = None, value: Any = None
+    ) -> list[dict[str, Any]]:
+        """The live sessions of ``authid``, or whose claim ``claim`` is
+        ``value`` (an account), each with its node."""
+        out = []
+        for node in self.live_nodes():
+            for entry in self.nodes.get(node, {}).values():
+                if authid is not None and entry["authid"] != authid:
+                    continue
+                if claim is not None and (entry.get("claims") or {}).get(claim) != value:
+                    continue
+                out.append({"node": node, **entry})
+        return out
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The answer to a "who is online" request: ``{"authid": ...}`` or
+        ``{"claim": ..., "value": ...}`` (ValueError for anything else)."""
+        if not isinstance(request, dict):
+            raise ValueError("a request is a JSON object")
+        authid, claim = request.get("authid"), request.get("claim")
+        if (authid is None) == (claim is None):
+            raise ValueError("ask for exactly one of authid, or claim and value")
+        if authid is not None and not isinstance(authid, str):
+            raise ValueError("authid must be a string")
+        if claim is not None and (not isinstance(claim, str) or "value" not in request):
+            raise ValueError("claim must be a string, with a value")
+        sessions = self.lookup(authid=authid, claim=claim, value=request.get("value"))
+        return {
+            "online": bool(sessions),
+            "sessions": sessions,
+            "nodes": len(self.live_nodes()),
+            "time": self._clock.seconds(),
+        }
+
+
+def requests_queue(exchange: str) -> str:
+    """The queue a backend sends "who is online" requests to."""
+    return exchange + ".requests"
+
+
+@inlineCallbacks
+def attach(channel: Any, publish_channel: Any, exchange: str, table: PresenceTable) -> Any:
+    """On every (re)connect: follow the presence exchange into ``table``
+    (an exclusive queue bound with ``#``), and answer the requests of the
+    shared requests queue (one node answers each, from its table)."""
+    frame = yield channel.queue_declare(queue="", exclusive=True, auto_delete=True)
+    queue = frame.method.queue
+    yield channel.queue_bind(queue=queue, exchange=exchange, routing_key="#")
+    consumer, _ = yield channel.basic_consume(queue=queue, auto_ack=True)
+    consume_directly(consumer, lambda msg: _follow(table, msg.body))
+    requests = requests_queue(exchange)
+    yield channel.queue_declare(
+        queue=requests, durable=True, arguments={"x-message-ttl": REQUEST_TTL_MS}
+    )
+    consumer, _ = yield channel.basic_consume(queue=requests, auto_ack=True)
+    consume_directly(consumer, lambda msg: _reply(table, publish_channel, msg))
+
+
+def _follow(table: PresenceTable, body: bytes) -> None:
+    try:
+        table.apply(json.loads(body))
+    except ValueError as e:
+        _log.warn("ignored a presence message: {why}", why=str(e))
+
+
+def _reply(table: PresenceTable, publish_channel: Any, msg: Any) -> None:
+    import pika
+
+    try:
+        answer = table.answer(json.loads(msg.body))
+    except ValueError as e:
+        answer = {"error": str(e)}
+    reply_to = msg.properties.reply_to
+    if not reply_to or not publish_channel.is_open:
+        return
+    publish_channel.basic_publish(
+        exchange="",
+        routing_key=reply_to,
+        body=json.dumps(answer, separators=(",", ":")).encode(),
+        properties=pika.BasicProperties(
+            content_type="application/json", correlation_id=msg.properties.correlation_id
+        ),
+    ).addErrback(lambda f: _log.warn("presence reply lost: {why}", why=f.getErrorMessage()))
 
 
 class PresenceService(Service):

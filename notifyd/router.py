@@ -46,7 +46,10 @@ class SessionHandle(Protocol):
 
 
 class SessionWatcher(Protocol):
-    """Told when a session joins and leaves (:class:`notifyd.presence.Presence`)."""
+    """Told when a session joins and leaves (:class:`notifyd.presence.Presence`);
+    ``cluster`` answers who is online anywhere."""
+
+    cluster: Any
 
     def joined(self, session: SessionHandle) -> None: ...
 

@@ -37,6 +37,8 @@ ERROR_HISTORY_UNAVAILABLE = "notifyd.error.history_unavailable"
 ERROR_LOG_UNAVAILABLE = "notifyd.error.log_unavailable"
 #: a resume from a publication id the event log no longer (or never) held
 ERROR_NOT_RECOVERED = "notifyd.error.not_recovered"
+#: notifyd.presence.lookup on a node without presence
+ERROR_PRESENCE_OFF = "notifyd.error.presence_off"
 ERROR_PUBLISH_REJECTED = "notifyd.error.publish_rejected"
 ERROR_PUBLISH_UNAVAILABLE = "notifyd.error.publish_unavailable"
 ERROR_RATE_LIMITED = "notifyd.error.rate_limited"

@@ -14,7 +14,7 @@ import pika
 import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
-from notifyd.presence import Presence
+from notifyd.presence import Presence, requests_queue
 
 HEARTBEAT = 1.0
 
@@ -92,7 +92,35 @@ def presence_args(exchange: str) -> list[str]:
         exchange,
         "--presence-heartbeat",
         str(HEARTBEAT),
+        "--meta-api-roles",
+        "anonymous",
     ]
+
+
+def ask(url: str, exchange: str, request: dict) -> dict:
+    """A backend's "who is online" request, over RabbitMQ (direct reply-to)."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        answers: list[dict] = []
+        ch.basic_consume(
+            "amq.rabbitmq.reply-to",
+            lambda c, m, p, body: answers.append(json.loads(body)),
+            auto_ack=True,
+        )
+        ch.basic_publish(
+            "",
+            requests_queue(exchange),
+            json.dumps(request).encode(),
+            pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="q1"),
+        )
+        deadline = time.monotonic() + 10
+        while not answers and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.1)
+        assert answers, "no answer"
+        return answers[0]
+    finally:
+        conn.close()
 
 
 @pytest_twisted.inlineCallbacks
@@ -121,6 +149,23 @@ def test_a_backend_table_matches_the_truth(spawn, rabbit, exchange):
         node_a = next(n for n, s in by_node.items() if s == {c.session for c in on_a})
         node_b = next(n for n, s in by_node.items() if s == {c.session for c in on_b})
 
+        # who is online: over RabbitMQ, and over WAMP for a meta role
+        who = on_a[1]
+        answer = yield threads.deferToThread(
+            ask, rabbit.url, presence_exchange, {"authid": who.authid}
+        )
+        assert answer["online"] is True and answer["nodes"] == 2, answer
+        assert [(s["node"], s["session"]) for s in answer["sessions"]] == [(node_a, who.session)]
+        answer = yield threads.deferToThread(
+            ask, rabbit.url, presence_exchange, {"claim": "account", "value": "acme"}
+        )
+        assert answer["online"] is False and answer["sessions"] == []
+        answer = yield threads.deferToThread(ask, rabbit.url, presence_exchange, {"authid": 5})
+        assert "error" in answer
+        r = yield on_b[0].call("who", "notifyd.presence.lookup", authid=who.authid)
+        assert r["ev"] == "result" and r["value"]["online"] is True, r
+        assert r["value"]["sessions"][0]["node"] == node_a  # seen from node B
+
         # a leave
         yield on_a[0].exit()
         yield until(matches, "the leave applied")
@@ -132,6 +177,10 @@ def test_a_backend_table_matches_the_truth(spawn, rabbit, exchange):
             yield c.ended
         yield until(matches, "the dead node expired", timeout=3 * HEARTBEAT + 10)
         assert {n for n, _ in table.sessions()} == {node_a}
+        answer = yield threads.deferToThread(
+            ask, rabbit.url, presence_exchange, {"authid": on_b[1].authid}
+        )
+        assert answer["online"] is False and answer["nodes"] == 1, answer
 
         # a RabbitMQ restart: the nodes reconnect and their first heartbeat
         # is a snapshot, so the table is right again without any join
@@ -187,3 +236,45 @@ def test_presence_messages_carry_only_the_configured_claims():
     assert [s["session"] for s in sent[2][1]["sessions"]] == [7, 8]
     assert sent[2][1]["interval"] == 5
     assert [m["seq"] for _, m in sent] == [1, 2, 3, 4, 5]
+
+
+def test_the_cluster_table_answers_by_authid_or_claim_and_forgets_silent_nodes():
+    from notifyd.presence import PresenceTable
+
+    clock = _Clock()
+    table = PresenceTable(clock)
+    entry = {"authid": "ann", "authrole": "user", "claims": {"account": "acme"}, "joined": 1}
+    table.apply(
+        {"node": "n1", "type": "node", "interval": 10, "sessions": [{"session": 1, **entry}]}
+    )
+    table.apply({"node": "n2", "type": "node", "interval": 10, "sessions": []})
+    table.apply({"node": "n2", "type": "join", "session": 2, **entry, "authid": "bob"})
+    assert table.answer({"authid": "ann"})["online"] is True
+    by_account = table.answer({"claim": "account", "value": "acme"})
+    assert sorted((s["node"], s["session"]) for s in by_account["sessions"]) == [
+        ("n1", 1),
+        ("n2", 2),
+    ]
+    assert table.answer({"claim": "account", "value": "globex"})["online"] is False
+    table.apply({"node": "n2", "type": "leave", "session": 2, "authid": "bob"})
+    assert table.answer({"authid": "bob"})["online"] is False
+    clock.now += 31  # three intervals without a heartbeat from either
+    assert table.answer({"authid": "ann"}) == {
+        "online": False,
+        "sessions": [],
+        "nodes": 0,
+        "time": clock.now,
+    }
+    for bad in ({}, {"authid": "a", "claim": "b", "value": 1}, {"claim": "account"}, [1]):
+        try:
+            table.answer(bad)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"answered {bad!r}")
+    try:
+        table.apply({"type": "join"})
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("applied a message without a node")
