@@ -140,6 +140,7 @@ class MetaApi:
             "wamp.subscription.get_events": self.get_events,
             "notifyd.history.position": self.position,
             "notifyd.presence.lookup": self.presence_lookup,
+            "notifyd.presence.state": self.presence_state,
         }
 
     def __contains__(self, procedure: str) -> bool:
@@ -190,6 +191,18 @@ class MetaApi:
         self._charge(session, sum(len(s) for s in table.nodes.values()))
         try:
             return table.answer(dict(kwargs))
+        except ValueError as e:
+            raise CallError(uris.ERROR_INVALID_ARGUMENT, str(e)) from None
+
+    def presence_state(self, session: Caller, args: list, kwargs: dict) -> bool:
+        """The caller's browser says how present its user is: ``active``,
+        ``idle`` or ``hidden`` (any session, about itself only)."""
+        presence = session.router.presence
+        if presence is None:
+            raise CallError(uris.ERROR_PRESENCE_OFF, "presence is off on this node (presence)")
+        state = _arg(args, kwargs, 0, "state")
+        try:
+            return presence.state(session, state)
         except ValueError as e:
             raise CallError(uris.ERROR_INVALID_ARGUMENT, str(e)) from None
 

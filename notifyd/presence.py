@@ -7,6 +7,8 @@ Every node publishes, on the presence exchange (a durable topic exchange,
 
 * ``join.<node>``: a session was established (after WELCOME);
 * ``leave.<node>``: it ended (GOODBYE, close, kill, expiry, node stop);
+* ``state.<node>``: the browser reported ``active``, ``idle`` or ``hidden``
+  (``notifyd.js``: Page Visibility and input; CALL notifyd.presence.state);
 * ``node.<node>``: the node's heartbeat every ``presence_heartbeat``
   seconds, and at once after every (re)connection to RabbitMQ, with the
   full list of its sessions (a snapshot: a consumer that missed messages,
@@ -46,6 +48,10 @@ REQUEST_TTL_MS = 10_000
 
 #: the ``version`` field of every presence message
 FORMAT = 1
+#: what a browser may report of itself (notifyd.js: Page Visibility and input)
+STATES = ("active", "idle", "hidden")
+#: the fields of a session entry
+FIELDS = ("session", "authid", "authrole", "claims", "joined", "state")
 
 
 def node_name() -> str:
@@ -87,6 +93,7 @@ class Presence:
             "authrole": session.authrole,
             "claims": {k: extra[k] for k in self.claims if k in extra},
             "joined": self._clock.seconds(),
+            "state": None,  # until the browser says
         }
 
     def _publish(self, kind: str, fields: dict[str, Any]) -> None:
@@ -106,6 +113,22 @@ class Presence:
         entry = self._entry(session)
         self.sessions[session.session_id] = entry
         self._publish("join", entry)
+
+    def state(self, session: Any, state: str) -> bool:
+        """The browser reports ``state`` (:data:`STATES`) for ``session``;
+        published when it changes.  False for a session presence does not
+        know (not welcomed yet, or gone)."""
+        if state not in STATES:
+            raise ValueError(f"state must be one of {', '.join(STATES)}")
+        entry = self.sessions.get(session.session_id)
+        if entry is None:
+            return False
+        if entry.get("state") != state:
+            entry["state"] = state
+            self._publish(
+                "state", {"session": entry["session"], "authid": entry["authid"], "state": state}
+            )
+        return True
 
     def left(self, session: Any) -> None:
         """``session`` ended."""
@@ -140,16 +163,17 @@ class PresenceTable:
         try:
             node, kind = msg["node"], msg["type"]
             if kind == "join":
-                entry = {k: msg[k] for k in ("session", "authid", "authrole", "claims", "joined")}
+                entry = {k: msg.get(k) for k in FIELDS}
                 self.nodes.setdefault(node, {})[int(msg["session"])] = entry
             elif kind == "leave":
                 self.nodes.get(node, {}).pop(int(msg["session"]), None)
+            elif kind == "state":
+                known = self.nodes.get(node, {}).get(int(msg["session"]))
+                if known is not None and msg["state"] in STATES:
+                    known["state"] = msg["state"]
             elif kind == "node":
                 self.nodes[node] = {
-                    int(s["session"]): {
-                        k: s[k] for k in ("session", "authid", "authrole", "claims", "joined")
-                    }
-                    for s in msg["sessions"]
+                    int(s["session"]): {k: s.get(k) for k in FIELDS} for s in msg["sessions"]
                 }
                 self.heard[node] = (self._clock.seconds(), float(msg["interval"]))
             elif kind == "stop":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -250,6 +251,46 @@ def test_closing_the_leader_tab_loses_and_repeats_nothing(
         assert problems == []
     finally:
         stop.set()
+        if context is not None:
+            context.close()
+        node.stop()
+
+
+def test_the_browser_reports_hidden_idle_and_active_to_the_backend(
+    browser, rabbit, exchange, publisher
+):
+    """With presence on, the shared session says how present its browser is:
+    all tabs hidden (Page Visibility) -> hidden; one visible -> active; the
+    backend's table (docs/presence.md) shows it."""
+    from tests.test_presence import Table, presence_args
+
+    presence_exchange = exchange + ".presence"
+    port = free_port()
+    node = SyncNotifyd(rabbit.url, exchange, port, *presence_args(presence_exchange)).start()
+    table = Table(rabbit.url, presence_exchange)
+    context = None
+
+    def states() -> list:
+        with table.lock:
+            return [e.get("state") for s in table.nodes.values() for e in s.values()]
+
+    def until(check: Any, what: str) -> None:
+        deadline = time.monotonic() + TIMEOUT / 1000
+        while not check():
+            assert time.monotonic() < deadline, f"{what}: {states()}"
+            time.sleep(0.05)
+
+    try:
+        context, pages, problems = open_pages(browser, port, "worker", [["invoice.:prefix"]] * 2)
+        until(lambda: states() == ["active"], "one session, active")
+        for page in pages:
+            page.evaluate("window.__setVisible(false)")
+        until(lambda: states() == ["hidden"], "every tab hidden")
+        pages[1].evaluate("window.__setVisible(true)")
+        until(lambda: states() == ["active"], "a tab visible again")
+        assert problems == []
+    finally:
+        table.stop.set()
         if context is not None:
             context.close()
         node.stop()

@@ -53,6 +53,9 @@
   var NO_HISTORY = "notifyd.error.history_unavailable";
   var LOG_UNAVAILABLE = "notifyd.error.log_unavailable";
   var NO_PROCEDURE = "wamp.error.no_such_procedure";
+  var PRESENCE_OFF = "notifyd.error.presence_off";
+  // how present a browser is, best first (reported with notifyd.presence.state)
+  var PRESENCE_ORDER = { active: 0, idle: 1, hidden: 2 };
 
   function defaultUrl() {
     if (typeof location === "undefined") {
@@ -211,6 +214,35 @@
     transport.__notifydDeferred = true;
   }
 
+  /* ---- presence: how present the user of this page is -------------------
+   * "hidden" when the page is not visible (Page Visibility), "idle" when it
+   * is but there was no input for `idleAfter` seconds (default 60),
+   * "active" otherwise.  onChange(state) on every change. */
+  function PresenceWatch(options, onChange) {
+    var idleAfter = ((options && options.idleAfter) || 60) * 1000;
+    var last = Date.now();
+    var state = null;
+    function compute() {
+      if (document.visibilityState !== "visible") { return "hidden"; }
+      return Date.now() - last > idleAfter ? "idle" : "active";
+    }
+    function check() {
+      var now = compute();
+      if (now !== state) { state = now; onChange(now); }
+    }
+    function input() {
+      last = Date.now();
+      if (state !== "active") { check(); }
+    }
+    ["pointerdown", "keydown", "wheel", "touchstart", "mousemove", "scroll"].forEach(function (name) {
+      document.addEventListener(name, input, { passive: true, capture: true });
+    });
+    document.addEventListener("visibilitychange", check);
+    setInterval(check, Math.min(15000, idleAfter / 2));
+    this.current = function () { return state || compute(); };
+    check();
+  }
+
   /* ---- the client ------------------------------------------------------- */
 
   function Notifier(options) {
@@ -254,8 +286,30 @@
     var toasts = options.toasts === undefined ? true : options.toasts;
     this._toaster = toasts ? new Toaster(toasts === true ? {} : toasts) : null;
     this._render = options.render || defaultRender;
+    this._presenceState = null;
     this._open();
+    var self = this;
+    if (options.presence !== false && !options.autobahn && typeof document !== "undefined") {
+      this._presence = new PresenceWatch(options.presence, function (state) { self.reportState(state); });
+    }
   }
+
+  /* Tell the router how present the user is ("active", "idle", "hidden"):
+   * forwarded to the backend when notifyd's presence is on (see
+   * docs/presence.md); said again on every new session. */
+  Notifier.prototype.reportState = function (state) {
+    this._presenceState = state;
+    var session = this._session;
+    if (!session || this._presenceOff === session) { return; }
+    if (this._presenceSent === state && this._presenceSentIn === session) { return; }
+    this._presenceSent = state;
+    this._presenceSentIn = session;
+    var self = this;
+    session.call("notifyd.presence.state", [state]).then(null, function (err) {
+      var uri = err && err.error;
+      if (uri === NO_PROCEDURE || uri === PRESENCE_OFF) { self._presenceOff = session; }
+    });
+  };
 
   Notifier.prototype.on = function (name, fn) {
     (this._listeners[name] = this._listeners[name] || []).push(fn);
@@ -321,6 +375,7 @@
       self._everLive = true;
       self._setState("live", { session: session.id, reconnects: self.reconnects });
       self._wanted.forEach(function (w) { self._subscribeOne(w); });
+      if (self._presenceState) { self.reportState(self._presenceState); }
     };
     conn.onclose = function (reason, details) {
       if (conn !== self._connection) { return true; }
@@ -693,6 +748,7 @@
         if (tab) {
           tab.visible = !!m.visible;
           tab.focusedAt = m.focusedAt || 0;
+          if (m.state) { tab.state = m.state; this._reportState(); }
           if (tab.visible) { this._flushToasts(m.tab); }
         }
         break;
@@ -712,6 +768,7 @@
     tab.focusedAt = m.focusedAt || 0;
     tab.hasTicket = !!(m.options && m.options.hasTicket);
     tab.seen = Date.now();
+    if (m.state) { tab.state = m.state; }
     this.tabs[m.tab] = tab;
     if (fresh && this._env.locks) {
       watchTab(this._env.locks, m.tab, function (id) { self.drop(id); });
@@ -720,9 +777,22 @@
     this._post(m.tab, { t: "welcome", state: this.state, info: this._info, tabs: this._count() });
     (m.subs || []).forEach(function (s) { if (!tab.subs[s.sid]) { self._sub(m.tab, s); } });
     this._broadcastCount();
+    this._reportState();
   };
 
   Hub.prototype._count = function () { return Object.keys(this.tabs).length; };
+
+  /* The browser is as present as its most present tab. */
+  Hub.prototype._reportState = function () {
+    var best = null;
+    for (var id in this.tabs) {
+      var st = this.tabs[id].state;
+      if (st in PRESENCE_ORDER && (best === null || PRESENCE_ORDER[st] < PRESENCE_ORDER[best])) {
+        best = st;
+      }
+    }
+    if (best !== null && this.core) { this.core.reportState(best); }
+  };
 
   Hub.prototype._broadcastCount = function () {
     this._post(null, { t: "tabs", count: this._count() });
@@ -733,7 +803,7 @@
     var o = {
       url: opts.url, realm: opts.realm, serializer: opts.serializer, serializers: opts.serializers,
       authid: opts.authid, authmethods: opts.authmethods, backoff: opts.backoff,
-      toasts: false, autobahn: this._env.autobahn,
+      toasts: false, autobahn: this._env.autobahn, presence: false,
     };
     if (opts.hasTicket) { o.ticket = function () { return self._askTicket(); }; }
     var core = this.core = new Notifier(o);
@@ -965,6 +1035,7 @@
     Object.keys(tab.subs).forEach(function (sid) { self._unsub(tabId, sid); });
     delete this.tabs[tabId];
     this._broadcastCount();
+    this._reportState();
   };
 
   /* Drop the tabs not heard from for `ms` (without Web Locks). */
@@ -1072,13 +1143,20 @@
     var self = this;
     document.addEventListener("visibilitychange", function () {
       if (document.visibilityState === "visible") { self._focusedAt = Date.now(); }
-      self._send({ t: "vis", visible: self._visible(), focusedAt: self._focusedAt });
+      self._send({ t: "vis", visible: self._visible(), focusedAt: self._focusedAt, state: self._presenceState });
     });
     window.addEventListener("focus", function () {
       self._focusedAt = Date.now();
-      self._send({ t: "vis", visible: self._visible(), focusedAt: self._focusedAt });
+      self._send({ t: "vis", visible: self._visible(), focusedAt: self._focusedAt, state: self._presenceState });
     });
     window.addEventListener("pagehide", function () { self._send({ t: "bye" }); });
+    this._presenceState = null;
+    if (options.presence !== false) {
+      this._presence = new PresenceWatch(options.presence, function (state) {
+        self._presenceState = state;
+        self._send({ t: "vis", visible: self._visible(), focusedAt: self._focusedAt, state: state });
+      });
+    }
     this._setState("connecting");
     this._connect(mode);
   }
@@ -1216,6 +1294,7 @@
       options: shareableOptions(this.options),
       visible: this._visible(),
       focusedAt: this._focusedAt,
+      state: this._presenceState,
       subs: this._wanted.map(function (w) { return self._subMessage(w); }),
     });
   };

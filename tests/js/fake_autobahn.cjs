@@ -23,8 +23,10 @@ function fakeAutobahn() {
       this.unsubscribes.push(sub.topic);
       return Promise.resolve(true);
     }
-    call(procedure) {
+    call(procedure, args) {
       this.calls = (this.calls || []).concat([procedure]);
+      this.callArgs = (this.callArgs || []).concat([[procedure, args]]);
+      if (procedure === "notifyd.presence.state") return Promise.resolve(true);
       // a router without history (set .position to answer like one with it,
       // .positionError to fail)
       if (this.positionError) return Promise.reject({ error: this.positionError });

@@ -139,3 +139,20 @@ test("disconnect() in one tab closes the shared session for all", async (t) => {
   assert.equal(env.ab.connections[0].closed, 1);
   assert.deepEqual(env.to(null, "closed").map((m) => m.reason), ["closed by a tab"]);
 });
+
+test("the browser is as present as its most present tab", async (t) => {
+  const env = hub(t);
+  const session = await live(t, env);
+  const said = () => (session.callArgs || [])
+    .filter(([p]) => p === "notifyd.presence.state").map(([, a]) => a[0]);
+  env.h.receive({ t: "vis", tab: "A", visible: false, focusedAt: 1, state: "hidden" });
+  await settle();
+  hello(env.h, "B", [], { state: "idle" });
+  await settle();
+  env.h.receive({ t: "vis", tab: "B", visible: true, focusedAt: 2, state: "active" });
+  await settle();
+  env.h.receive({ t: "vis", tab: "B", visible: true, focusedAt: 2, state: "active" }); // no change
+  env.h.receive({ t: "bye", tab: "B" });
+  await settle();
+  assert.deepEqual(said(), ["hidden", "idle", "active", "hidden"]);
+});
