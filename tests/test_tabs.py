@@ -16,6 +16,7 @@ import re
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -42,6 +43,13 @@ WITHOUT = {
     "worker": "",
     "leader": "delete window.SharedWorker;",
     "none": "delete window.SharedWorker; delete window.BroadcastChannel;",
+    # a SharedWorker whose script is missing (bundled notifyd.js without
+    # notifyd-worker.js next to it): notifyd.js falls back to a leader tab
+    "broken-worker": (
+        "(() => { const SW = window.SharedWorker;"
+        " window.SharedWorker = function (url, o) { return new SW('/missing-worker.js', o); };"
+        " })();"
+    ),
 }
 # what each page subscribes to (demo page: ?sub=topic:match), overlapping
 PAGES = [
@@ -121,7 +129,24 @@ def open_pages(browser: Any, port: int, mode: str, subs: list[list[str]]) -> tup
     return context, pages, problems
 
 
-@pytest.mark.parametrize("mode", ["worker", "leader", "none"])
+@contextmanager
+def tabs(browser: Any, url: str, exchange: str, mode: str, subs: list, *extra: str) -> Any:
+    """A notifyd and ``len(subs)`` pages in one context; afterwards: no page
+    error, and everything closed."""
+    port = free_port()
+    node = SyncNotifyd(url, exchange, port, *extra).start()
+    context = None
+    try:
+        context, pages, problems = open_pages(browser, port, mode, subs)
+        yield port, context, pages
+        assert problems == []
+    finally:
+        if context is not None:
+            context.close()
+        node.stop()
+
+
+@pytest.mark.parametrize("mode", ["worker", "leader", "none", "broken-worker"])
 def test_five_tabs_one_session_each_gets_its_events_one_toast_each(
     browser, rabbit, exchange, publisher, mode
 ):
@@ -130,7 +155,12 @@ def test_five_tabs_one_session_each_gets_its_events_one_toast_each(
     context = None
     try:
         context, pages, problems = open_pages(browser, port, mode, PAGES)
-        expected_mode = {"worker": "worker", "leader": "leader", "none": None}[mode]
+        expected_mode = {
+            "worker": "worker",
+            "leader": "leader",
+            "none": None,
+            "broken-worker": "leader",
+        }[mode]
         assert [p.evaluate("notifier.sharing || null") for p in pages] == [expected_mode] * 5
         shared = mode != "none"
         assert sessions(port) == (1 if shared else 5)
@@ -294,3 +324,56 @@ def test_the_browser_reports_hidden_idle_and_active_to_the_backend(
         if context is not None:
             context.close()
         node.stop()
+
+
+def test_a_hand_over_before_any_event_loses_nothing(
+    browser,
+    rabbit,
+    exchange,
+    publisher,
+    stream,  # noqa: F811
+):
+    """The leader tab closes before its subscription saw any event: the next
+    host resumes from where the first one's subscription started, so the
+    events published during the hand-over reach every remaining tab."""
+    subs = [["invoice.:prefix"]] * 3
+    with tabs(browser, rabbit.url, exchange, "leader", subs, *history_args(stream)) as (
+        port,
+        _,
+        pages,
+    ):
+        pages[0].close()
+        for seq in range(5):
+            publisher.publish("invoice.sent", {"seq": seq, "invoice": f"INV-{seq}", "client": "A"})
+        for page in pages[1:]:
+            page.wait_for_function("window.__got.length >= 5", timeout=TIMEOUT)
+        publisher.publish("invoice.sent", {"seq": 5, "invoice": "INV-5", "client": "A"})
+        for page in pages[1:]:
+            page.wait_for_function("window.__got.length >= 6", timeout=TIMEOUT)
+            assert [s for _, s in page.evaluate("window.__got")] == list(range(6))
+        assert sessions(port) == 1
+
+
+def test_after_a_logout_only_a_new_page_brings_a_session_back(browser, rabbit, exchange, publisher):
+    subs = [["invoice.:prefix"]] * 3
+    with tabs(browser, rabbit.url, exchange, "leader", subs) as (port, context, pages):
+        pages[1].evaluate("notifier.disconnect()")
+        for page in pages:
+            playwright.expect(page.locator("#status")).to_have_attribute(
+                "data-state", "closed", timeout=TIMEOUT
+            )
+        pages[0].close()  # the host goes; the closed tabs must not take over
+        fresh = context.new_page()  # the user logs in again
+        fresh.goto(f"http://127.0.0.1:{port}/?sub=invoice.:prefix")
+        playwright.expect(fresh.locator("#subs li[data-active=true]")).to_have_count(
+            1, timeout=TIMEOUT
+        )
+        fresh.evaluate(
+            "window.__got = []; notifier.on('event', (e) => window.__got.push(e.args[0].seq))"
+        )
+        publisher.publish("invoice.sent", {"seq": 1, "invoice": "INV-1", "client": "A"})
+        fresh.wait_for_function("window.__got.length === 1", timeout=TIMEOUT)
+        for page in pages[1:]:
+            assert page.evaluate("window.__got") == []
+            assert page.evaluate("notifier.state") == "closed"
+        assert sessions(port) == 1

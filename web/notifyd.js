@@ -667,6 +667,11 @@
   var TOASTED = 2000;      // publications remembered as toasted
   var GATHER_MS = 300;     // a new Hub waits this long for the tabs before subscribing
   var PING_MS = 5000;      // tab heartbeat to a SharedWorker without Web Locks
+  var SILENT_MS = 180000;  // ... which drops a tab silent this long (background
+                           // tabs' timers may run once a minute)
+  var WELCOME_MS = 5000;   // a SharedWorker that does not answer: fall back
+  var LINGER_MS = 2000;    // the last tab's unsubscribe waits this long (a
+                           // re-subscribe meanwhile keeps the subscription)
   var TICKET_MS = 10000;   // how long a Hub waits for a tab's ticket
 
   var SCRIPT_URL = (typeof document !== "undefined" && document.currentScript &&
@@ -681,6 +686,11 @@
   }
 
   function subKey(topic, match) { return (match || "exact") + " " + topic; }
+
+  function validSub(s) {
+    return !!s && typeof s === "object" && typeof s.sid === "string" &&
+      typeof s.topic === "string" && (s.match === undefined || typeof s.match === "string");
+  }
 
   /* What a Notifier needs from a tab's options, as plain data. */
   function shareableOptions(options) {
@@ -720,8 +730,8 @@
   function Hub(post, env) {
     this._post = post;           // post(tabId or null for all, message)
     this._env = env || {};       // {autobahn, locks}
-    this.tabs = {};              // id -> {visible, focusedAt, hasTicket, subs: {sid: {key, toast}}, seen}
-    this.keys = {};              // key -> {topic, match, refs, handle, ring, base, dropped, from, retained}
+    this.tabs = Object.create(null); // id -> {visible, focusedAt, hasTicket, subs: {sid: {key, toast}}, seen}
+    this.keys = Object.create(null); // key -> {topic, match, refs, handle, ring, base, dropped, from, retained}
     this.core = null;
     this.state = null;
     this._info = {};
@@ -733,16 +743,36 @@
   }
 
   Hub.prototype.receive = function (m) {
-    if (!m || typeof m !== "object") { return; }
-    if (this._closed && m.t !== "bye") {
-      this._post(m.tab, { t: "closed", reason: this._closed });
-      return;
+    if (!m || typeof m !== "object" || typeof m.tab !== "string") { return; }
+    try {
+      this._receive(m);
+    } catch (e) {
+      if (typeof console !== "undefined") { console.error("NotifyD hub: bad message", m.t, e); }
+    }
+  };
+
+  Hub.prototype._receive = function (m) {
+    if (this._closed) {
+      if (m.t === "hello" && !m.closed) {
+        // a tab that was not part of the closed session (a new login):
+        // start afresh
+        this._reopen();
+      } else {
+        if (m.t !== "bye") { this._post(m.tab, { t: "closed", reason: this._closed }); }
+        return;
+      }
     }
     var tab = this.tabs[m.tab];
-    if (tab) { tab.seen = Date.now(); }
+    if (tab) {
+      tab.seen = Date.now();
+    } else if (m.t !== "hello" && m.t !== "bye" && m.t !== "ticket") {
+      // dropped as silent (or from before a restart): ask it to say hello
+      this._post(m.tab, { t: "hello?" });
+      return;
+    }
     switch (m.t) {
       case "hello": this._hello(m); break;
-      case "sub": if (tab) { this._sub(m.tab, m.sub); } break;
+      case "sub": if (validSub(m.sub)) { this._sub(m.tab, m.sub); } break;
       case "unsub": if (tab) { this._unsub(m.tab, m.sid); } break;
       case "vis":
         if (tab) {
@@ -763,7 +793,7 @@
   Hub.prototype._hello = function (m) {
     var self = this;
     var fresh = !this.tabs[m.tab];
-    var tab = this.tabs[m.tab] || { subs: {} };
+    var tab = this.tabs[m.tab] || { subs: Object.create(null) };
     tab.visible = !!m.visible;
     tab.focusedAt = m.focusedAt || 0;
     tab.hasTicket = !!(m.options && m.options.hasTicket);
@@ -775,7 +805,10 @@
     }
     if (!this.core) { this._start(m.options || {}); }
     this._post(m.tab, { t: "welcome", state: this.state, info: this._info, tabs: this._count() });
-    (m.subs || []).forEach(function (s) { if (!tab.subs[s.sid]) { self._sub(m.tab, s); } });
+    (Array.isArray(m.subs) ? m.subs : []).forEach(function (s) {
+      if (validSub(s) && !tab.subs[s.sid]) { self._sub(m.tab, s); }
+    });
+    if (tab.visible) { this._flushToasts(m.tab); }
     this._broadcastCount();
     this._reportState();
   };
@@ -821,7 +854,12 @@
     core.on("disconnect", function (info) { self._post(null, { t: "disconnect", info: info }); });
     core.on("subscribed", function (info) {
       var rec = self.keys[subKey(info.topic, info.match)];
-      if (rec) { rec.confirmed = info; }
+      if (rec) {
+        var p = rec.handle ? rec.handle.position() : null;
+        if (rec.base === null && isLogPosition(p)) { rec.base = p; }
+        info = Object.assign({}, info, { position: isLogPosition(p) ? p : null });
+        rec.confirmed = info;
+      }
       self._toRefs(subKey(info.topic, info.match), function (tab, sid) {
         return { t: "subscribed", sid: sid, info: info };
       });
@@ -874,6 +912,10 @@
   Hub.prototype._sub = function (tabId, s) {
     var tab = this.tabs[tabId];
     var key = subKey(s.topic, s.match);
+    if (tab.subs[s.sid]) {
+      if (tab.subs[s.sid].key === key) { return; }
+      this._unsub(tabId, s.sid); // the same id for another topic
+    }
     tab.subs[s.sid] = { key: key, toast: s.toast !== false };
     var rec = this.keys[key];
     var from = isLogPosition(s.resumeAfter) ? s.resumeAfter : null;
@@ -888,6 +930,7 @@
       return;
     }
     rec.refs[tabId + "/" + s.sid] = true;
+    if (rec.linger) { clearTimeout(rec.linger); rec.linger = null; }
     if (rec.confirmed) {
       this._post(tabId, { t: "subscribed", sid: s.sid, info: rec.confirmed });
     }
@@ -1019,11 +1062,18 @@
     var rec = this.keys[entry.key];
     if (!rec) { return; }
     delete rec.refs[tabId + "/" + sid];
-    if (Object.keys(rec.refs).length === 0) {
-      // the last tab dropped it: unsubscribe on the server
-      if (rec.handle) { rec.handle.unsubscribe(); }
-      delete this.keys[entry.key];
-      this._pending = this._pending.filter(function (p) { return p.key !== entry.key; });
+    if (Object.keys(rec.refs).length === 0 && !rec.linger) {
+      // the last tab dropped it: unsubscribe on the server, a moment later
+      // (a tab that re-subscribes meanwhile keeps it: no UNSUBSCRIBE racing
+      // a new SUBSCRIBE of the same topic)
+      var self = this;
+      rec.linger = setTimeout(function () {
+        rec.linger = null;
+        if (self.keys[entry.key] !== rec || Object.keys(rec.refs).length) { return; }
+        if (rec.handle) { rec.handle.unsubscribe(); }
+        delete self.keys[entry.key];
+        self._pending = self._pending.filter(function (p) { return p.key !== entry.key; });
+      }, LINGER_MS);
     }
   };
 
@@ -1052,6 +1102,18 @@
     this._closed = reason;
     if (this.core) { this.core.close(); }
     this._post(null, { t: "closed", reason: reason });
+    // the closed tabs stay closed; what they subscribed to is gone
+    this.keys = Object.create(null);
+    this.tabs = Object.create(null);
+    this._pending = [];
+  };
+
+  Hub.prototype._reopen = function () {
+    this._closed = null;
+    this.core = null;
+    this.state = null;
+    this._info = {};
+    this._gathering = true;
   };
 
   Hub.prototype._askTicket = function () {
@@ -1095,7 +1157,7 @@
 
   /* A SharedWorker's global scope hosts one Hub for every tab that connects. */
   function serveSharedWorker(scope) {
-    var ports = {};
+    var ports = Object.create(null);
     var locks = scope.navigator && scope.navigator.locks;
     var hub = new Hub(function (tab, msg) {
       if (tab) {
@@ -1104,14 +1166,21 @@
       }
       for (var id in ports) { ports[id].postMessage(msg); }
     }, { autobahn: scope.autobahn, locks: locks });
-    if (!locks) { setInterval(function () { hub.expire(3 * PING_MS); }, PING_MS); }
+    if (!locks) { setInterval(function () { hub.expire(SILENT_MS); }, PING_MS); }
     var drop = hub.drop;
     hub.drop = function (id) { drop.call(hub, id); delete ports[id]; };
     scope.onconnect = function (e) {
       var port = e.ports[0];
       port.onmessage = function (ev) {
         var m = ev.data;
-        if (m && m.t === "hello") { ports[m.tab] = port; }
+        if (!m || typeof m.tab !== "string") { return; }
+        if (m.t === "hello") { ports[m.tab] = port; }
+        if (!ports[m.tab]) {
+          // a tab this worker does not know (dropped as silent): ask it to
+          // say hello, on the port it spoke from
+          port.postMessage({ t: "hello?" });
+          return;
+        }
         hub.receive(m);
       };
       port.start();
@@ -1181,8 +1250,18 @@
         return;
       }
       var welcomed = false;
-      worker.onerror = function () { if (!welcomed) { self._connect(leaderPossible() ? "leader" : "none"); } };
+      var fellBack = false;
+      var fallBack = function () {
+        if (welcomed || fellBack) { return; }
+        fellBack = true;
+        worker.port.onmessage = null;
+        self._connect(leaderPossible() ? "leader" : "none");
+      };
+      worker.onerror = fallBack;
+      // a worker that never answers (its script missing, say)
+      setTimeout(fallBack, WELCOME_MS);
       worker.port.onmessage = function (ev) {
+        if (fellBack) { return; }
         if (ev.data && ev.data.t === "welcome") { welcomed = true; }
         self._receive(ev.data);
       };
@@ -1205,6 +1284,8 @@
         self._hello();
         // the tab that gets the lock hosts the session until it goes
         navigator.locks.request(self._name + ":host", function () {
+          // a tab of a closed (logged out) session hands the lock on
+          if (self._closing) { return null; }
           self._host();
           return new Promise(function () {});
         });
@@ -1234,14 +1315,16 @@
   /* This tab holds a lock named after it while it lives: the host learns
    * it is gone when the lock is released. */
   SharedNotifier.prototype._holdTabLock = function (then) {
-    if (!navigator.locks) { then(); return; }
-    var granted = false;
+    var self = this;
+    if (!navigator.locks || this._tabLock === "held") { then(); return; }
+    this._tabLockThen = then; // a fallback after the request: the latest wins
+    if (this._tabLock) { return; }
+    this._tabLock = "asked";
     navigator.locks.request(SHARE_PREFIX + "tab:" + this.tab, function () {
-      granted = true;
-      then();
+      self._tabLock = "held";
+      self._tabLockThen();
       return new Promise(function () {});
     });
-    return granted;
   };
 
   /* This tab was elected: host the Hub, relaying over the BroadcastChannel. */
@@ -1289,6 +1372,7 @@
 
   SharedNotifier.prototype._hello = function () {
     var self = this;
+    if (this._closing) { return; } // a closed tab does not bring a session back
     this._send({
       t: "hello",
       options: shareableOptions(this.options),
@@ -1310,6 +1394,7 @@
     if (!m || typeof m !== "object") { return; }
     switch (m.t) {
       case "host": this._hello(); break;
+      case "hello?": this._hello(); break;
       case "welcome":
         if (m.state) { this._applyState(m.state, m.info || {}); }
         this._tabs(m.tabs);
@@ -1322,7 +1407,21 @@
         if (w) { this._show(w, this._eventFor(w, m.event)); }
         break;
       }
-      case "subscribed": if (this._find(m.sid)) { this._emit("subscribed", m.info); } break;
+      case "subscribed": {
+        var sw = this._find(m.sid);
+        if (sw) {
+          // where the host's subscription started: a later host resumes
+          // from here even if no event came yet
+          if (sw.last === null && sw.resumeAfter === null && !sw.noResume &&
+              isLogPosition(m.info.position)) {
+            sw.resumeAfter = m.info.position;
+          }
+          var info = Object.assign({}, m.info);
+          delete info.position;
+          this._emit("subscribed", info);
+        }
+        break;
+      }
       case "gap": {
         var g = this._find(m.sid);
         if (g) {
@@ -1384,7 +1483,8 @@
       if (!m.event.retained && isLogPosition(pub)) {
         // after a hand-over the new host resumes from the oldest position
         // any tab saw: drop what this tab already had
-        if (w.last !== null && pub <= w.last) { continue; }
+        var floor = w.last !== null ? w.last : (w.noResume ? null : w.resumeAfter);
+        if (floor !== null && pub <= floor) { continue; }
         w.last = pub;
       }
       var event = this._eventFor(w, m.event);

@@ -45,7 +45,13 @@ function fakeAutobahn() {
     open() { this.opened += 1; }
     close() { this.closed += 1; this.onclose("closed", { reason: "wamp.close.normal" }); }
     // test helpers
-    join(id) { this.session = new Session(id); this.onopen(this.session, {}); return this.session; }
+    // props: set on the session before onopen (position: the router's
+    // history position, failures: errors for the next subscribes)
+    join(id, props) {
+      this.session = Object.assign(new Session(id), props || {});
+      this.onopen(this.session, {});
+      return this.session;
+    }
     lose(reason, details) { return this.onclose(reason || "lost", details || {}); }
   }
   const serializer = {

@@ -47,9 +47,13 @@ test("one subscription per topic and match, whatever the number of tabs", async 
   await settle();
   assert.deepEqual(session.subscribes.map((s) => s.topic), ["invoice.", "client.created"]);
   env.h.receive({ t: "unsub", tab: "A", sid: "a1" });
+  t.mock.timers.tick(2000);
   await settle();
   assert.deepEqual(session.unsubscribes, []); // B still wants it
   env.h.receive({ t: "bye", tab: "B" });
+  await settle();
+  assert.deepEqual(session.unsubscribes, []); // a moment later
+  t.mock.timers.tick(2000);
   await settle();
   assert.deepEqual(session.unsubscribes.sort(), ["client.created", "invoice."]);
   assert.deepEqual(env.to(null, "tabs").map((m) => m.count), [1, 2, 1]);
@@ -128,8 +132,16 @@ test("the session asks a tab for its ticket; a tab's logout ends it for every ta
   env.h.receive({ t: "ticket", tab: "B", id: env.to("B", "ticket?")[1].id, error: "logged out" });
   await assert.rejects(again, /logged out/);
   assert.deepEqual(env.to(null, "closed").map((m) => m.reason), ["logged out"]);
-  hello(env.h, "C", []);
-  assert.deepEqual(env.to("C", "closed").map((m) => m.reason), ["logged out", "logged out"]);
+  // a tab of the closed session cannot bring it back
+  env.h.receive({ t: "vis", tab: "A", visible: true, focusedAt: 9 });
+  hello(env.h, "A", [], { closed: true });
+  assert.equal(env.ab.connections.length, 1);
+  // a fresh tab (a new login) starts a new session
+  hello(env.h, "C", [sub("c1", "invoice.sent")]);
+  t.mock.timers.tick(300);
+  const again2 = env.ab.connections[1].join(8);
+  await settle();
+  assert.deepEqual(again2.subscribes.map((x) => x.topic), ["invoice.sent"]);
 });
 
 test("disconnect() in one tab closes the shared session for all", async (t) => {
@@ -155,4 +167,49 @@ test("the browser is as present as its most present tab", async (t) => {
   env.h.receive({ t: "bye", tab: "B" });
   await settle();
   assert.deepEqual(said(), ["hidden", "idle", "active", "hidden"]);
+});
+
+test("a re-subscribe right after the last unsubscribe keeps the server subscription", async (t) => {
+  const env = hub(t);
+  const session = await live(t, env);
+  env.h.receive({ t: "unsub", tab: "A", sid: "a1" });
+  env.h.receive({ t: "sub", tab: "A", sub: sub("a2", "invoice.", "prefix") });
+  t.mock.timers.tick(5000);
+  await settle();
+  assert.deepEqual(session.subscribes.map((x) => x.topic), ["invoice."]);
+  assert.deepEqual(session.unsubscribes, []);
+  session.handlers["invoice."]([1], {}, { publication: 3, topic: "invoice.sent" });
+  assert.deepEqual(env.to("A", "event").map((m) => m.sids), [["a2"]]);
+});
+
+test("SUBSCRIBED tells the tabs where the subscription started; catch-up counts from there", async (t) => {
+  const env = hub(t);
+  hello(env.h, "A", [sub("a1", "t.x")]);
+  t.mock.timers.tick(300);
+  // the router's position when it subscribed: 100
+  const session = env.ab.connections[0].join(7, { position: 100 });
+  await settle();
+  await settle();
+  const confirmed = env.to("A", "subscribed");
+  assert.equal(confirmed.length, 1);
+  assert.equal(confirmed[0].info.position, 100);
+  for (const p of [106, 110]) session.handlers["t.x"]([p], {}, { publication: p });
+  hello(env.h, "B", [sub("b1", "t.x", "exact", { resumeAfter: 105 })]);
+  assert.deepEqual(env.to("B", "gap"), []);
+  assert.deepEqual(env.to("B", "event").map((m) => m.event.publication), [106, 110]);
+});
+
+test("a tab the Hub does not know is asked to say hello; hostile messages break nothing", async (t) => {
+  const env = hub(t);
+  await live(t, env);
+  env.h.receive({ t: "vis", tab: "Z", visible: true, focusedAt: 1 });
+  assert.deepEqual(env.to("Z", "hello?").length, 1);
+  for (const bad of [null, 5, {}, { t: "sub", tab: "A" }, { t: "sub", tab: "A", sub: { sid: 1 } },
+    { t: "hello", tab: "Y", subs: [null, 7] }, { t: "hello", tab: "__proto__" }, { t: "publish", tab: "Q" }]) {
+    env.h.receive(bad);
+  }
+  assert.equal(Object.prototype.visible, undefined);
+  env.h.receive({ t: "sub", tab: "A", sub: sub("a9", "client.created") });
+  await settle();
+  assert.ok(env.ab.connections[0].session.subscribes.some((x) => x.topic === "client.created"));
 });
