@@ -1456,6 +1456,10 @@
 
   SharedNotifier.prototype._applyState = function (state, info) {
     if (this._closing && state !== "closed") { return; }
+    if (state === "live") { this._wasLive = true; }
+    if (state === "connecting" && this._wasLive) {
+      state = "reconnecting"; // a new host (a hand-over), seen from this tab
+    }
     if (typeof info.reconnects === "number") { this.reconnects = info.reconnects; }
     this._setState(state, info);
   };
@@ -1555,7 +1559,15 @@
     if (this.state !== "live") { return Promise.reject(new Error("not connected")); }
     var id = newId();
     return new Promise(function (resolve, reject) {
-      self._replies[id] = { resolve: resolve, reject: reject };
+      // a host that goes away meanwhile never answers
+      var timer = setTimeout(function () {
+        delete self._replies[id];
+        reject(new Error("NotifyD: no answer to publish"));
+      }, TICKET_MS);
+      self._replies[id] = {
+        resolve: function (v) { clearTimeout(timer); resolve(v); },
+        reject: function (e) { clearTimeout(timer); reject(e); },
+      };
       self._send({ t: "publish", id: id, topic: topic, args: args || [], kwargs: kwargs || {},
         options: options || { acknowledge: true } });
     });
