@@ -916,14 +916,14 @@
       if (tab.subs[s.sid].key === key) { return; }
       this._unsub(tabId, s.sid); // the same id for another topic
     }
-    tab.subs[s.sid] = { key: key, toast: s.toast !== false };
+    tab.subs[s.sid] = { key: key, toast: s.toast !== false, retained: !!s.retained };
     var rec = this.keys[key];
     var from = isLogPosition(s.resumeAfter) ? s.resumeAfter : null;
     if (!rec) {
       rec = this.keys[key] = {
         topic: s.topic, match: s.match || "exact", refs: {}, handle: null, ring: [],
         base: from, dropped: null, from: from, noResume: !!s.noResume,
-        retained: !!s.retained, retainedEvent: null, confirmed: null,
+        retainedEvents: Object.create(null), confirmed: null,
       };
       rec.refs[tabId + "/" + s.sid] = true;
       if (!this._gathering) { this._subscribeKey(key); }
@@ -938,7 +938,6 @@
       // not subscribed yet (a new Hub gathering its tabs): start from the
       // oldest position wanted
       if (from !== null && (rec.from === null || from < rec.from)) { rec.from = rec.base = from; }
-      rec.retained = rec.retained || !!s.retained;
       return;
     }
     this._catchUp(tabId, s, rec);
@@ -949,7 +948,9 @@
     var rec = this.keys[key];
     if (!rec || rec.handle) { return; }
     var opts = {
-      match: rec.match, toast: false, retained: rec.retained,
+      // always: a tab that asks for the retained events later gets them
+      // from here (they reach only the tabs that asked)
+      match: rec.match, toast: false, retained: true,
       onEvent: function (e) { self._event(key, e); },
     };
     if (rec.from !== null) { opts.resumeAfter = rec.from; }
@@ -962,8 +963,10 @@
    * know (its memory does not reach back that far). */
   Hub.prototype._catchUp = function (tabId, s, rec) {
     var self = this;
-    if (s.retained && rec.retainedEvent) {
-      this._post(tabId, { t: "event", sids: [s.sid], event: rec.retainedEvent, toast: false });
+    if (s.retained) {
+      for (var topic in rec.retainedEvents) {
+        this._post(tabId, { t: "event", sids: [s.sid], event: rec.retainedEvents[topic], toast: false });
+      }
     }
     if (!isLogPosition(s.resumeAfter)) { return; }
     var base = rec.base;
@@ -991,7 +994,8 @@
     var rec = this.keys[key];
     if (!rec) { return; }
     var ev = plainEvent(e);
-    if (ev.retained) { rec.retainedEvent = ev; }
+    if (ev.retained) { rec.retainedEvents[ev.topic] = ev; }
+    var self = this;
     if (!ev.retained && isLogPosition(ev.publication)) {
       rec.ring.push(ev);
       if (rec.ring.length > RING) { rec.dropped = rec.ring.shift().publication; }
@@ -999,7 +1003,12 @@
     var byTab = {};
     Object.keys(rec.refs).forEach(function (ref) {
       var i = ref.indexOf("/");
-      (byTab[ref.slice(0, i)] = byTab[ref.slice(0, i)] || []).push(ref.slice(i + 1));
+      var tab = ref.slice(0, i);
+      var sid = ref.slice(i + 1);
+      if (ev.retained && !(self.tabs[tab] && self.tabs[tab].subs[sid] && self.tabs[tab].subs[sid].retained)) {
+        return; // a retained event goes only to the subscriptions that asked
+      }
+      (byTab[tab] = byTab[tab] || []).push(sid);
     });
     var toastTab = this._toastTab(key, byTab, ev);
     for (var tab in byTab) {

@@ -213,3 +213,17 @@ test("a tab the Hub does not know is asked to say hello; hostile messages break 
   await settle();
   assert.ok(env.ab.connections[0].session.subscribes.some((x) => x.topic === "client.created"));
 });
+
+test("retained events reach exactly the tabs that asked, also tabs that join later", async (t) => {
+  const env = hub(t);
+  const session = await live(t, env);
+  assert.equal(session.subscribes[0].options.get_retained, true); // asked once, for all tabs
+  session.handlers["invoice."]([{ r: 1 }], {}, { publication: 900, topic: "invoice.sent", retained: true });
+  assert.deepEqual(env.to("A", "event"), []); // A did not ask
+  hello(env.h, "B", [sub("b1", "invoice.", "prefix", { retained: true })]);
+  assert.deepEqual(env.to("B", "event").map((m) => [m.sids, m.event.retained, m.toast]), [[["b1"], true, false]]);
+  hello(env.h, "C", [sub("c1", "invoice.", "prefix")]);
+  assert.deepEqual(env.to("C", "event"), []);
+  session.handlers["invoice."]([{ n: 2 }], {}, { publication: 5, topic: "invoice.paid" });
+  assert.deepEqual(env.sent.filter(([, m]) => m.t === "event" && m.event.publication === 5).map(([tab]) => tab).sort(), ["A", "B", "C"]);
+});
