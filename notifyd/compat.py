@@ -485,7 +485,7 @@ def fast_inbound(connection: Any) -> bool:
                             method = Deliver()
                             method.decode(buf, pos + 11)
                             properties = Properties()
-                            properties.decode(buf[stop + 19 : hstop - 1])
+                            properties.decode(buf, stop + 19)  # reads by offset: no copy
                             pos = bstop
                             impl.frames_received += frames
                             channel._on_deliver(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from autobahn.util import id as random_id
@@ -299,11 +300,7 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
         # a snapshot after every (re)connect: consumers are right again at once
         on_ready=presence.heartbeat if presence is not None else None,
         attach=(
-            (
-                lambda channel, publish_channel: presence_attach(
-                    channel, publish_channel, settings.presence_exchange, presence.cluster
-                )
-            )
+            partial(presence_attach, exchange=settings.presence_exchange, table=presence.cluster)
             if presence is not None
             else None
         ),

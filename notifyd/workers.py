@@ -157,47 +157,65 @@ def worker_settings(settings: configmod.Config, workers: int, admin: str) -> dic
 MONOTONIC = frozenset({"counter", "histogram"})
 
 
-def add_counters(into: dict[tuple[str, tuple[tuple[str, str], ...]], float], text: str) -> None:
-    """Add the counter and histogram samples of ``text`` into ``into``."""
-    for family in text_string_to_metric_families(text):
-        if family.type in MONOTONIC:
-            for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                into[key] = into.get(key, 0.0) + sample.value
+#: a sample's name and sorted labels
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def aggregate(
-    texts: dict[int, str],
-    retired: dict[tuple[str, tuple[tuple[str, str], ...]], float] | None = None,
-) -> list[Metric]:
-    """Sum the workers' metrics (``texts``: worker index -> Prometheus text)
-    sample by sample; :data:`PER_WORKER` gauges get a ``worker`` label.
-    ``retired``: counter samples of workers that ended, added to the sums
-    (so that a restart never makes a counter go back)."""
-    families: dict[str, Metric] = {}
-    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for index, text in sorted(texts.items()):
-        for family in text_string_to_metric_families(text):
-            if family.name not in families:
-                families[family.name] = Metric(family.name, family.documentation, family.type)
-                sums[family.name] = {}
-            acc = sums[family.name]
-            for sample in family.samples:
-                labels = dict(sample.labels)
-                if family.name in PER_WORKER:
-                    labels["worker"] = str(index)
-                key = (sample.name, tuple(sorted(labels.items())))
-                acc[key] = acc.get(key, 0.0) + sample.value
-    for (sample_name, labels), value in (retired or {}).items():
-        for name, family in families.items():
-            if family.type in MONOTONIC and sample_name.startswith(name):
-                key = (sample_name, labels)
-                sums[name][key] = sums[name].get(key, 0.0) + value
-                break
+def _accumulate(
+    families: dict[str, Metric],
+    sums: dict[str, dict[SampleKey, float]],
+    family: Metric,
+    worker: int | None,
+) -> None:
+    """Add ``family``'s samples into ``sums``; a :data:`PER_WORKER` gauge
+    gets the label ``worker``."""
+    if family.name not in families:
+        families[family.name] = Metric(family.name, family.documentation, family.type)
+        sums[family.name] = {}
+    acc = sums[family.name]
+    for sample in family.samples:
+        labels = dict(sample.labels)
+        if family.name in PER_WORKER and worker is not None:
+            labels["worker"] = str(worker)
+        key = (sample.name, tuple(sorted(labels.items())))
+        acc[key] = acc.get(key, 0.0) + sample.value
+
+
+def _families(families: dict[str, Metric], sums: dict[str, dict[SampleKey, float]]) -> list[Metric]:
     for name, family in families.items():
+        family.samples = []
         for (sample_name, labels), value in sums[name].items():
             family.add_sample(sample_name, dict(labels), value)
     return list(families.values())
+
+
+def add_counters(into: dict[str, Metric], text: str) -> None:
+    """Add the counter and histogram families of ``text`` into ``into``
+    (family name -> its summed samples)."""
+    sums = {
+        name: {(s.name, tuple(sorted(s.labels.items()))): s.value for s in f.samples}
+        for name, f in into.items()
+    }
+    for family in text_string_to_metric_families(text):
+        if family.type in MONOTONIC:
+            _accumulate(into, sums, family, None)
+    _families(into, sums)
+
+
+def aggregate(texts: dict[int, str], retired: dict[str, Metric] | None = None) -> list[Metric]:
+    """Sum the workers' metrics (``texts``: worker index -> Prometheus text)
+    sample by sample; :data:`PER_WORKER` gauges get a ``worker`` label.
+    ``retired``: the counter families of workers that ended (see
+    :func:`add_counters`), added to the sums (so that a restart never makes
+    a counter go back)."""
+    families: dict[str, Metric] = {}
+    sums: dict[str, dict[SampleKey, float]] = {}
+    for index, text in sorted(texts.items()):
+        for family in text_string_to_metric_families(text):
+            _accumulate(families, sums, family, index)
+    for family in (retired or {}).values():
+        _accumulate(families, sums, family, None)
+    return _families(families, sums)
 
 
 def combine_ready(
@@ -319,7 +337,7 @@ class WorkerPool(Service):
         #: each running worker's last /metrics, and the counters of the
         #: workers that ended, so that the service's counters never go back
         self._last_metrics: dict[int, str] = {}
-        self._retired: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._retired: dict[str, Metric] = {}
         self._pending: dict[int, Any] = {}
         self._stopping = False
         self._dir: str | None = None

@@ -145,3 +145,20 @@ def test_health_judges_every_worker_slot():
     pool.running_workers = {}
     pool._down_since = {}
     assert pool.health_problems({}) == ["no worker is running\n"]
+
+
+def test_retired_counters_stay_in_their_own_family():
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    def text(writes: int, failed: int) -> str:
+        registry = CollectorRegistry()
+        Counter("notifyd_log_writes", "w", registry=registry).inc(writes)
+        Counter("notifyd_log_writes_failed", "f", registry=registry).inc(failed)
+        return generate_latest(registry).decode()
+
+    retired: dict = {}
+    workers.add_counters(retired, text(10, 1))
+    workers.add_counters(retired, text(5, 2))
+    out = samples(workers.exposition(workers.aggregate({0: text(1, 0)}, retired)))
+    assert out[("notifyd_log_writes_total", ())] == 16
+    assert out[("notifyd_log_writes_failed_total", ())] == 3

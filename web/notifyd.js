@@ -720,6 +720,21 @@
     };
   }
 
+  /* A promise settled by table[id].resolve / .reject (an answer from the
+   * other side), or rejected with `why` after `ms`. */
+  function awaitAnswer(table, id, ms, why) {
+    return new Promise(function (resolve, reject) {
+      var timer = setTimeout(function () {
+        delete table[id];
+        reject(new Error(why));
+      }, ms);
+      table[id] = {
+        resolve: function (v) { clearTimeout(timer); delete table[id]; resolve(v); },
+        reject: function (e) { clearTimeout(timer); delete table[id]; reject(e); },
+      };
+    });
+  }
+
   /* Calls fn(tabId) once the tab holding its lock is gone (Web Locks). */
   function watchTab(locks, id, fn) {
     locks.request(SHARE_PREFIX + "tab:" + id, function () { fn(id); });
@@ -1131,21 +1146,14 @@
     ids.sort(function (a, b) { return self.tabs[b].focusedAt - self.tabs[a].focusedAt; });
     if (!ids.length) { return Promise.reject(new Error("NotifyD: no tab can give a ticket")); }
     var id = newId();
-    return new Promise(function (resolve, reject) {
-      var timer = setTimeout(function () {
-        delete self._tickets[id];
-        reject(new Error("NotifyD: no ticket from the tabs"));
-      }, TICKET_MS);
-      self._tickets[id] = { resolve: resolve, reject: reject, timer: timer };
-      self._post(ids[0], { t: "ticket?", id: id });
-    });
+    var answer = awaitAnswer(this._tickets, id, TICKET_MS, "NotifyD: no ticket from the tabs");
+    this._post(ids[0], { t: "ticket?", id: id });
+    return answer;
   };
 
   Hub.prototype._ticketAnswer = function (m) {
     var waiting = this._tickets[m.id];
     if (!waiting) { return; }
-    delete this._tickets[m.id];
-    clearTimeout(waiting.timer);
     if (m.error !== undefined) {
       if (/logged out/i.test(String(m.error))) { this.closeAll("logged out"); }
       waiting.reject(new Error(m.error));
@@ -1449,7 +1457,6 @@
       case "published": {
         var r = this._replies[m.id];
         if (r) {
-          delete this._replies[m.id];
           if (m.ok) { r.resolve(true); } else { r.reject({ error: m.error }); }
         }
         break;
@@ -1564,22 +1571,13 @@
   };
 
   SharedNotifier.prototype.publish = function (topic, args, kwargs, options) {
-    var self = this;
     if (this.state !== "live") { return Promise.reject(new Error("not connected")); }
     var id = newId();
-    return new Promise(function (resolve, reject) {
-      // a host that goes away meanwhile never answers
-      var timer = setTimeout(function () {
-        delete self._replies[id];
-        reject(new Error("NotifyD: no answer to publish"));
-      }, TICKET_MS);
-      self._replies[id] = {
-        resolve: function (v) { clearTimeout(timer); resolve(v); },
-        reject: function (e) { clearTimeout(timer); reject(e); },
-      };
-      self._send({ t: "publish", id: id, topic: topic, args: args || [], kwargs: kwargs || {},
-        options: options || { acknowledge: true } });
-    });
+    // a host that goes away meanwhile never answers
+    var answer = awaitAnswer(this._replies, id, TICKET_MS, "NotifyD: no answer to publish");
+    this._send({ t: "publish", id: id, topic: topic, args: args || [], kwargs: kwargs || {},
+      options: options || { acknowledge: true } });
+    return answer;
   };
 
   /** Close for good, for every tab sharing the session (a logout). */
