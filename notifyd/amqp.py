@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pika
@@ -208,7 +208,7 @@ class AMQPService(Service):
         read_batch: float = 0.0,
         exchanges: tuple[str, ...] = (),
         on_ready: Callable[[], object] | None = None,
-        attach: Callable[[Any, Any], Deferred[Any]] | None = None,
+        attach: Sequence[Callable[[Any, Any, Any], Deferred[Any]]] = (),
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -237,8 +237,8 @@ class AMQPService(Service):
         self.exchanges = tuple(exchanges)
         #: called after every (re)connect, once consuming
         self._on_ready = on_ready
-        #: more set-up on every (re)connect: attach(channel, publish_channel)
-        self._attach = attach
+        #: more set-ups on every (re)connect: attach(conn, channel, publish_channel)
+        self._attach = tuple(attach)
         self._backoff = backoffPolicy(initialDelay=0.5, maxDelay=max_retry_delay)
         #: set-ups RabbitMQ refused in a row (they count for the backoff)
         self.setup_failures = 0
@@ -355,8 +355,8 @@ class AMQPService(Service):
             if self.history is not None:
                 yield self.history.attach(conn, channel, publish_channel, self.exchange)
             yield self.bindings.attach(_QueueBinder(channel, queue, self.exchange))
-            if self._attach is not None:
-                yield self._attach(channel, publish_channel)
+            for attach in self._attach:
+                yield attach(conn, channel, publish_channel)
             consumer, tag = yield channel.basic_consume(queue=queue, auto_ack=False)
         except Exception as e:
             self.bindings.detach()
@@ -468,9 +468,9 @@ class AMQPService(Service):
         self._acks.later(channel, tag)
 
     def send(self, exchange: str, routing_key: str, body: bytes) -> None:
-        """Publish ``body`` without waiting for RabbitMQ's confirm (presence:
-        a message lost while RabbitMQ is away is made good by the next
-        heartbeat); dropped while disconnected."""
+        """Publish ``body`` without waiting for RabbitMQ's confirm (presence,
+        receipts: docs/presence.md says what a lost one means); dropped while
+        disconnected."""
         channel = self._publish_channel
         if channel is None or not channel.is_open:
             return
@@ -481,8 +481,9 @@ class AMQPService(Service):
             properties=pika.BasicProperties(content_type="application/json"),
         ).addErrback(
             lambda f: self._log.debug(
-                "presence message {key} not confirmed: {why}",
+                "message {key} to {exchange} not confirmed: {why}",
                 key=routing_key,
+                exchange=exchange,
                 why=f.getErrorMessage(),
             )
         )

@@ -235,9 +235,17 @@ class Broker:
         return len(subs)
 
     # -- fan-out -----------------------------------------------------------
-    def dispatch(self, event: InboundEvent, subs: list[Subscription] | None = None) -> int:
+    def dispatch(
+        self,
+        event: InboundEvent,
+        subs: list[Subscription] | None = None,
+        sent: list[Any] | None = None,
+    ) -> int:
         """Send ``event`` to every entitled subscriber; return how many.
-        ``subs``: ``match(event.topic)`` if the caller has it already."""
+        ``subs``: ``match(event.topic)`` if the caller has it already;
+        ``sent``: a list to append every session it went to (receipts)."""
+        if sent is not None:
+            return self._dispatch_recorded(event, subs, sent)
         delivered = 0
         filtered = event.filtered
         for sub in self.match(event.topic) if subs is None else subs:
@@ -252,6 +260,17 @@ class Broker:
                     session.send_event(msg)
                 delivered += len(sub._live)
         return delivered
+
+    def _dispatch_recorded(
+        self, event: InboundEvent, subs: list[Subscription] | None, sent: list[Any]
+    ) -> int:
+        for sub in self.match(event.topic) if subs is None else subs:
+            msg = make_event(sub, event)
+            for session in sub._live.values():
+                if event.receives(session):
+                    session.send_event(msg)
+                    sent.append(session)
+        return len(sent)
 
     # -- internals -----------------------------------------------------------
     def _create(self, topic: str, match: str) -> Subscription:

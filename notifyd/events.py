@@ -42,6 +42,11 @@ AMQP → WAMP (every message this node's queue receives):
   Any other header starting with ``wamp-`` is an error: a misspelt targeting
   header must never widen the audience.
 
+* receipts (``docs/presence.md``): ``notifyd-receipt: true`` asks for
+  delivery receipts, ``notifyd-fallback-after: <seconds>`` also for the
+  undelivered fallback; both need a ``message_id`` and put
+  ``x_receipt: true`` into ``details``.
+
 Anything that does not fit is a :class:`BadEvent`: the consumer rejects the
 message without requeue (so a dead-letter exchange catches it), logs it once
 and counts it.  Nothing is ever delivered half-decoded or to a wider audience
@@ -75,6 +80,15 @@ HEADER_EXCLUDE_AUTHID = "wamp-exclude-authid"
 HEADER_ELIGIBLE_AUTHROLE = "wamp-eligible-authrole"
 HEADER_EXCLUDE_AUTHROLE = "wamp-exclude-authrole"
 HEADER_RETAIN = "wamp-retain"
+#: ask for delivery receipts (docs/presence.md): a boolean
+HEADER_RECEIPT = "notifyd-receipt"
+#: seconds after which an event nobody displayed goes to the undelivered
+#: exchange (implies a receipt)
+HEADER_FALLBACK_AFTER = "notifyd-fallback-after"
+#: the longest fallback delay: the deciding node holds the event unacked
+#: until then, and RabbitMQ's consumer_timeout (30 min by default) must not
+#: close its channel first
+MAX_FALLBACK_AFTER = 1200.0
 ELIGIBLE_EXTRA = "wamp-eligible-extra-"
 EXCLUDE_EXTRA = "wamp-exclude-extra-"
 PAYLOAD_ENVELOPE = "envelope"
@@ -150,6 +164,9 @@ class InboundEvent:
     #: the UTF-8 JSON body, when EVENT.args is exactly [body]: the JSON
     #: serializer splices it into the frame instead of encoding it again
     raw: bytes | None = None
+    #: the backend asked for receipts (``notifyd-receipt`` or
+    #: ``notifyd-fallback-after``); ``extra["x_message_id"]`` is then set
+    receipt: bool = False
 
     @property
     def filtered(self) -> bool:
@@ -376,6 +393,24 @@ def _flag(name: str, value: Any) -> bool:
     raise BadEvent("bad_header", f"header {name} must be a boolean")
 
 
+def fallback_after(name: str, value: Any) -> float:
+    """The seconds of a ``notifyd-fallback-after`` header (a number, or a
+    decimal string), in (0, :data:`MAX_FALLBACK_AFTER`]."""
+    value = _text(name, value)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise BadEvent("bad_header", f"header {name} must be a number of seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadEvent("bad_header", f"header {name} must be a number of seconds")
+    if not 0 < value <= MAX_FALLBACK_AFTER:  # also refuses NaN
+        raise BadEvent(
+            "bad_header", f"header {name} must be in (0, {MAX_FALLBACK_AFTER:g}] seconds"
+        )
+    return float(value)
+
+
 def _id(name: str, value: Any) -> int:
     if isinstance(value, (bytes, bytearray, str)):
         try:
@@ -463,6 +498,11 @@ def _decode_delivery(routing_key: Any, properties: Any, body: bytes, max_size: i
 
     for name, value in headers.items():
         if not name.startswith("wamp-") or name == HEADER_PAYLOAD:
+            if name == HEADER_RECEIPT:
+                event.receipt = event.receipt or _flag(name, value)
+            elif name == HEADER_FALLBACK_AFTER:
+                fallback_after(name, value)
+                event.receipt = True
             continue
         field = _HEADER_FIELDS.get(name)
         if field is not None:
@@ -498,6 +538,12 @@ def _decode_delivery(routing_key: Any, properties: Any, body: bytes, max_size: i
         if not _is_int(timestamp) or not 0 <= timestamp < 2**63:
             raise BadEvent("bad_property", "property timestamp is not a time")
         extra["x_timestamp"] = int(timestamp)
+    if event.receipt:
+        if "x_message_id" not in extra:
+            raise BadEvent(
+                "bad_header", "an event that asks for a receipt needs a message_id property"
+            )
+        extra["x_receipt"] = True  # notifyd.js reports when it displays it
     return event
 
 
@@ -521,6 +567,8 @@ def canonical_headers(event: InboundEvent) -> dict[str, Any]:
         headers[HEADER_PAYLOAD] = PAYLOAD_ENVELOPE
     if event.retain:
         headers[HEADER_RETAIN] = True
+    if event.receipt:
+        headers[HEADER_RECEIPT] = True
     for name, ids in ((HEADER_ELIGIBLE, event.eligible), (HEADER_EXCLUDE, event.exclude)):
         if ids is not None:
             headers[name] = ",".join(str(i) for i in sorted(ids))

@@ -181,6 +181,9 @@ class History:
         self._readers = FairReaders(settings.readers)
         #: replays and get_events calls that lost the log and waited for it
         self.interrupted = 0
+        #: told which session a replay sent an event that asked for a
+        #: receipt (notifyd.receipts.Receipts.delivered; set by the router)
+        self.on_receipt: Callable[[InboundEvent, list[Any]], None] | None = None
         #: undecodable entries skipped, by reason
         self.skipped: Counter[str] = Counter()
         self._reported: set[tuple[int, int]] = set()
@@ -433,6 +436,8 @@ class History:
         if event is not None and (not event.filtered or event.receives(catchup)):
             catchup.session.send_event(make_event(sub, event))
             sent[0] += 1
+            if event.receipt and self.on_receipt is not None:
+                self.on_receipt(event, [catchup])
 
     def _paced(self, session: ReplayReader) -> Deferred[None] | None:
         """None if the client's socket takes more; else a Deferred that fires

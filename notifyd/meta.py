@@ -141,6 +141,7 @@ class MetaApi:
             "notifyd.history.position": self.position,
             "notifyd.presence.lookup": self.presence_lookup,
             "notifyd.presence.state": self.presence_state,
+            "notifyd.receipt.displayed": self.receipt_displayed,
         }
 
     def __contains__(self, procedure: str) -> bool:
@@ -205,6 +206,23 @@ class MetaApi:
             return presence.state(session, state)
         except ValueError as e:
             raise CallError(uris.ERROR_INVALID_ARGUMENT, str(e)) from None
+
+    def receipt_displayed(self, session: Caller, args: list, kwargs: dict) -> bool:
+        """The caller's browser displayed the event with ``message_id`` (its
+        ``details.x_message_id``) in a visible tab (any session, for events
+        it was sent only)."""
+        receipts = session.router.receipts
+        if receipts is None:
+            raise CallError(uris.ERROR_RECEIPTS_OFF, "receipts are off on this node (receipts)")
+        message_id = _arg(args, kwargs, 0, "message_id")
+        if not isinstance(message_id, str):
+            raise CallError(uris.ERROR_INVALID_ARGUMENT, "message_id must be a string")
+        if not receipts.displayed(session, message_id):
+            raise CallError(
+                uris.ERROR_NO_RECEIPT,
+                "no event with this message_id and a receipt was sent to this session",
+            )
+        return True
 
     def session_count(self, session: Caller, args: list, kwargs: dict) -> int:
         self._may_see_sessions(session)

@@ -178,6 +178,32 @@ class NotifydCollector(Collector):
                 value=history.interrupted,
             )
 
+        receipts, decisions = getattr(svc, "receipts", None), getattr(svc, "decisions", None)
+        if receipts is not None:
+            published = CounterMetricFamily(
+                "notifyd_receipts_published",
+                "receipts this node published to the receipts exchange",
+                labels=["receipt"],
+            )
+            for kind, n in sorted(receipts.published.items()):
+                published.add_metric([kind], n)
+            yield published
+        if decisions is not None:
+            outcomes = CounterMetricFamily(
+                "notifyd_fallback_decisions",
+                "fallback events this node decided: displayed in time, republished "
+                "undelivered, unroutable there, refused (a bad header)",
+                labels=["outcome"],
+            )
+            for outcome, n in sorted(decisions.outcomes().items()):
+                outcomes.add_metric([outcome], n)
+            yield outcomes
+            yield GaugeMetricFamily(
+                "notifyd_fallback_pending",
+                "fallback events this node holds until their deadline (the active decider)",
+                value=decisions.pending(),
+            )
+
         for key, spec in COUNTERS.items():
             if spec.label is None:
                 yield CounterMetricFamily(spec.metric, spec.help, value=stats.counters[key])

@@ -37,9 +37,11 @@ from notifyd.history import History, HistorySettings
 from notifyd.ingest import LogWriter
 from notifyd.logs import Logger
 from notifyd.metrics import make_registry
-from notifyd.presence import Presence
+from notifyd.presence import Presence, node_name
 from notifyd.presence import attach as presence_attach
 from notifyd.ratelimit import Limits
+from notifyd.receipts import Decisions, Receipts
+from notifyd.receipts import attach as receipts_attach
 from notifyd.revocation import KillOrder
 from notifyd.router import Policy, Publisher, Router
 from notifyd.stats import Stats
@@ -183,6 +185,7 @@ def make_router(
     clock: Any = None,
     new_id: Callable[[], int] = random_id,
     presence: Presence | None = None,
+    receipts: Receipts | None = None,
 ) -> Router:
     """The state a node's sessions share: its broker (subscriptions bound
     through ``bindings``, or through the event log for logged topics) and
@@ -199,6 +202,7 @@ def make_router(
         history=history,
         broadcast_kill=broadcast_kill,
         presence=presence,
+        receipts=receipts,
     )
 
 
@@ -216,6 +220,9 @@ class Node:
     registry: CollectorRegistry
     #: with ``presence`` on: the sessions published to the presence exchange
     presence: Presence | None = None
+    #: with ``receipts`` on: the receipts and the fallback decisions
+    receipts: Receipts | None = None
+    decisions: Decisions | None = None
 
     def status(self) -> dict[str, Any]:
         """What ``/readyz`` reports."""
@@ -273,6 +280,30 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
             claims=settings.presence_claims,
             interval=settings.presence_heartbeat,
         )
+    receipts = decisions = None
+    if settings.receipts:
+        receipts = Receipts(
+            lambda key, body: amqp.send(settings.receipts_exchange, key, body),
+            reactor,
+            presence.node if presence is not None else node_name(),
+        )
+        decisions = Decisions()
+    attach: list[Any] = []
+    if presence is not None:
+        attach.append(
+            partial(presence_attach, exchange=settings.presence_exchange, table=presence.cluster)
+        )
+    if decisions is not None:
+        attach.append(
+            partial(
+                receipts_attach,
+                events_exchange=settings.exchange,
+                receipts_exchange=settings.receipts_exchange,
+                undelivered_exchange=settings.undelivered_exchange,
+                decisions=decisions,
+                clock=reactor,
+            )
+        )
     router = make_router(
         policy,
         bindings=bindings,
@@ -282,6 +313,7 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
         stats=stats,
         clock=reactor,
         presence=presence,
+        receipts=receipts,
     )
     amqp = AMQPService(
         settings.amqp_url,
@@ -299,11 +331,7 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
         exchanges=(settings.presence_exchange,) if presence is not None else (),
         # a snapshot after every (re)connect: consumers are right again at once
         on_ready=presence.heartbeat if presence is not None else None,
-        attach=(
-            partial(presence_attach, exchange=settings.presence_exchange, table=presence.cluster)
-            if presence is not None
-            else None
-        ),
+        attach=attach,
         reactor=reactor,
     )
     ws_factory = WampServerFactory(
@@ -331,6 +359,8 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
         ws_factory,
         CollectorRegistry(),
         presence,
+        receipts,
+        decisions,
     )
     node.registry = make_registry(node)
     return node

@@ -229,7 +229,9 @@ def requests_queue(exchange: str) -> str:
 
 
 @inlineCallbacks
-def attach(channel: Any, publish_channel: Any, exchange: str, table: PresenceTable) -> Any:
+def attach(
+    conn: Any, channel: Any, publish_channel: Any, exchange: str, table: PresenceTable
+) -> Any:
     """On every (re)connect: follow the presence exchange into ``table``
     (an exclusive queue bound with ``#``), and answer the requests of the
     shared requests queue (one node answers each, from its table)."""

@@ -58,6 +58,17 @@ class SessionWatcher(Protocol):
     def left(self, session: SessionHandle) -> None: ...
 
 
+class ReceiptWatcher(Protocol):
+    """Told which sessions got an event that asked for a receipt
+    (:class:`notifyd.receipts.Receipts`)."""
+
+    def delivered(self, event: InboundEvent, sessions: list[Any]) -> None: ...
+
+    def displayed(self, session: SessionHandle, message_id: Any) -> bool: ...
+
+    def forget(self, session: SessionHandle) -> None: ...
+
+
 class PublishUnavailable(Exception):
     """RabbitMQ is not reachable right now."""
 
@@ -123,6 +134,7 @@ class Router:
         history: History | None = None,
         broadcast_kill: Callable[[KillOrder], object] | None = None,
         presence: SessionWatcher | None = None,
+        receipts: ReceiptWatcher | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -142,8 +154,12 @@ class Router:
         self.broadcast_kill = broadcast_kill
         #: told of every session's join and leave (notifyd.presence)
         self.presence = presence
+        #: told which sessions got each event that asked for a receipt
+        self.receipts = receipts
         if history is not None:
             history.deliver_to(self._timed_log_entry, self.log_gap)
+            if receipts is not None:
+                history.on_receipt = receipts.delivered
 
     @property
     def realm(self) -> str:
@@ -167,6 +183,8 @@ class Router:
             self.stats.inc("sessions_closed")
             if self.presence is not None:
                 self.presence.left(session)
+            if self.receipts is not None:
+                self.receipts.forget(session)
 
     def kill(self, order: KillOrder, broadcast: bool = True) -> list[int]:
         """End this node's sessions that ``order`` (a
@@ -240,6 +258,11 @@ class Router:
 
     def _fan_out(self, event: InboundEvent, subs: list[Subscription] | None = None) -> int:
         self.stats.inc("events_received")
-        n = self.broker.dispatch(event, subs)
+        if event.receipt and self.receipts is not None:
+            sent: list[Any] = []
+            n = self.broker.dispatch(event, subs, sent)
+            self.receipts.delivered(event, sent)
+        else:
+            n = self.broker.dispatch(event, subs)
         self.stats.inc("events_delivered", n)
         return n

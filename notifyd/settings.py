@@ -359,6 +359,30 @@ SETTINGS: tuple[Setting, ...] = (
         checks.between(1, 3600),
     ),
     Setting(
+        "receipts",
+        bool,
+        False,
+        "Publish delivery receipts for events with notifyd-receipt or "
+        "notifyd-fallback-after, and decide their undelivered fallback "
+        "(docs/presence.md).",
+    ),
+    Setting(
+        "receipts_exchange",
+        str,
+        "notifyd.receipts",
+        "Topic exchange receipts go to, keyed by message_id (declared durable; "
+        "also names the <exchange>.waits exchange and <exchange>.decide queue).",
+        checks.exchange,
+    ),
+    Setting(
+        "undelivered_exchange",
+        str,
+        "notifyd.undelivered",
+        "Topic exchange an event nobody displayed within its "
+        "notifyd-fallback-after goes to, once (declared durable).",
+        checks.exchange,
+    ),
+    Setting(
         "meta_api_roles",
         list,
         [],

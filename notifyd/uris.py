@@ -39,6 +39,11 @@ ERROR_LOG_UNAVAILABLE = "notifyd.error.log_unavailable"
 ERROR_NOT_RECOVERED = "notifyd.error.not_recovered"
 #: notifyd.presence.lookup on a node without presence
 ERROR_PRESENCE_OFF = "notifyd.error.presence_off"
+#: notifyd.receipt.displayed on a node without receipts
+ERROR_RECEIPTS_OFF = "notifyd.error.receipts_off"
+#: notifyd.receipt.displayed for an event this session was not sent (or
+#: that asked for no receipt)
+ERROR_NO_RECEIPT = "notifyd.error.no_receipt"
 ERROR_PUBLISH_REJECTED = "notifyd.error.publish_rejected"
 ERROR_PUBLISH_UNAVAILABLE = "notifyd.error.publish_unavailable"
 ERROR_RATE_LIMITED = "notifyd.error.rate_limited"

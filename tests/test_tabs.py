@@ -377,3 +377,87 @@ def test_after_a_logout_only_a_new_page_brings_a_session_back(browser, rabbit, e
             assert page.evaluate("window.__got") == []
             assert page.evaluate("notifier.state") == "closed"
         assert sessions(port) == 1
+
+
+@pytest.mark.parametrize("mode", ["none", "worker"])
+def test_displayed_is_reported_only_once_a_visible_page_shows_the_toast(
+    browser, rabbit, exchange, publisher, mode
+):
+    """Receipts (docs/presence.md) from notifyd.js, with two nodes: the page
+    on node B, node A with no subscriber.  An event that arrives while the
+    page is hidden is delivered but not displayed until the page becomes
+    visible; one that arrives while it is visible is displayed at once, and
+    the decider (on either node) then drops its fallback."""
+    from tests.test_operations import m, metrics
+    from tests.test_receipts_e2e import Backend, receipt_args
+
+    receipts, undelivered = exchange + ".receipts", exchange + ".undelivered"
+    backend = Backend(rabbit.url, receipts, undelivered)
+    other = SyncNotifyd(rabbit.url, exchange, free_port(), *receipt_args(receipts, undelivered))
+    other.start()
+
+    def until(check: Any, what: str) -> Any:
+        deadline = time.monotonic() + TIMEOUT / 1000
+        while not (value := check()):
+            assert time.monotonic() < deadline, f"{what}: {backend.receipts}"
+            time.sleep(0.05)
+        return value
+
+    def publish(seq: int, message_id: str, **headers: Any) -> None:
+        publisher.publish(
+            "invoice.sent",
+            {"seq": seq, "invoice": f"INV-{seq}", "client": "Acme"},
+            headers={"notifyd-receipt": True, **headers},
+            message_id=message_id,
+            timestamp=int(time.time()),
+        )
+
+    try:
+        with tabs(
+            browser,
+            rabbit.url,
+            exchange,
+            mode,
+            [["invoice.sent:exact"]],
+            *receipt_args(receipts, undelivered),
+        ) as (port, context, pages):
+            page = pages[0]
+            page.evaluate("window.__setVisible(false)")
+            publish(1, "hidden-1")
+            page.wait_for_function("window.__got.length === 1", timeout=TIMEOUT)
+            until(lambda: backend.of("hidden-1", "delivered"), "delivered while hidden")
+            # a sentinel through the same session and node: reported by hand,
+            # after anything the page would have said of hidden-1
+            publish(2, "sentinel-2")
+            page.wait_for_function("window.__got.length === 2", timeout=TIMEOUT)
+            page.evaluate("notifier.displayed('sentinel-2')")
+            until(lambda: backend.of("sentinel-2", "displayed"), "the sentinel")
+            assert backend.of("hidden-1", "displayed") == []
+            if mode == "none":  # its own toasts, shown while hidden, kept on screen
+                assert page.evaluate("window.__toasts") == ["invoice.sent"] * 2
+            else:  # the shared session keeps them for a tab that becomes visible
+                assert page.evaluate("window.__toasts") == []
+
+            page.evaluate("window.__setVisible(true)")
+            until(lambda: backend.of("hidden-1", "displayed"), "displayed once visible")
+
+            # visible: displayed at once, and no fallback for it
+            publish(3, "seen-3", **{"notifyd-fallback-after": 30})
+            until(lambda: backend.of("seen-3", "displayed"), "displayed while visible")
+            delivered = backend.of("seen-3", "delivered")
+            assert len(delivered) == 1  # node B's; node A had nobody
+
+            def decided() -> bool:
+                values = [metrics(port), metrics(other.port)]
+                total = sum(
+                    m(v, "notifyd_fallback_decisions_total", outcome="displayed") for v in values
+                )
+                pending = sum(m(v, "notifyd_fallback_pending") for v in values)
+                return total == 1 and pending == 0
+
+            until(decided, "the fallback dropped")
+            assert backend.fallbacks("seen-3") == []
+            assert backend.error is None
+    finally:
+        backend.stop.set()
+        other.stop()

@@ -54,6 +54,7 @@
   var LOG_UNAVAILABLE = "notifyd.error.log_unavailable";
   var NO_PROCEDURE = "wamp.error.no_such_procedure";
   var PRESENCE_OFF = "notifyd.error.presence_off";
+  var RECEIPTS_OFF = "notifyd.error.receipts_off";
   // how present a browser is, best first (reported with notifyd.presence.state)
   var PRESENCE_ORDER = { active: 0, idle: 1, hidden: 2 };
 
@@ -139,7 +140,15 @@
     return box;
   };
 
-  Toaster.prototype.show = function (content) {
+  /* Is the page visible (Page Visibility; true where it is unknown)? */
+  function pageVisible(doc) {
+    return !doc || !doc.visibilityState || doc.visibilityState === "visible";
+  }
+
+  /* Show a toast; onSeen() is called once it is on screen in a visible page
+   * (at once, or when the page becomes visible while the toast is still
+   * there).  The auto-hide timer runs only while the page is visible. */
+  Toaster.prototype.show = function (content, onSeen) {
     var box = this._ensure();
     if (!box) { return null; }
     var doc = this.doc;
@@ -169,12 +178,24 @@
 
     var self = this;
     var timer = null;
+    var watching = false;
     function dismiss() {
       if (timer) { clearTimeout(timer); timer = null; }
+      if (watching) { doc.removeEventListener("visibilitychange", seen); watching = false; }
       if (toast.parentNode) { toast.parentNode.removeChild(toast); }
     }
     function arm() {
-      if (self.timeout > 0) { timer = setTimeout(dismiss, self.timeout); }
+      if (self.timeout > 0 && pageVisible(doc)) { timer = setTimeout(dismiss, self.timeout); }
+    }
+    function seen() {
+      if (!pageVisible(doc) || !toast.parentNode) { return; }
+      if (watching) { doc.removeEventListener("visibilitychange", seen); watching = false; }
+      if (!timer) { arm(); }
+      if (onSeen) {
+        var fn = onSeen;
+        onSeen = null;
+        try { fn(); } catch (e) { /* a report must not break the page */ }
+      }
     }
     close.addEventListener("click", dismiss);
     toast.addEventListener("keydown", function (e) {
@@ -189,7 +210,13 @@
     while (box.children.length > this.max) {
       box.removeChild(box.firstChild);
     }
-    arm();
+    if (pageVisible(doc)) {
+      arm();
+      seen();
+    } else if (doc.addEventListener) {
+      watching = true;
+      doc.addEventListener("visibilitychange", seen);
+    }
     return { element: toast, dismiss: dismiss };
   };
 
@@ -212,6 +239,35 @@
       setTimeout(function () { close.apply(that, args); }, 0);
     };
     transport.__notifydDeferred = true;
+  }
+
+  /*
+   * Autobahn|JS (22.x, 26.x) hands an event handler only the details it
+   * knows (publication, topic, publisher, retained): notifyd's own
+   * (x_message_id, x_receipt, ...; docs/protocol.md) are dropped.  This
+   * wraps the session's EVENT handler to keep the raw details of the event
+   * being dispatched (handlers run synchronously inside it).  Without the
+   * internal map, events simply carry no notifyd details.
+   */
+  var EVENT = 36;
+  function exposeEventDetails(session) {
+    var map = session._MESSAGE_MAP;
+    if (!map || typeof map[EVENT] !== "function" || map[EVENT].__notifyd) { return; }
+    var original = map[EVENT];
+    var wrapped = function (msg) {
+      var details = msg && msg[3];
+      session.__notifydEvent = details && typeof details === "object" ? { pub: msg[2], details: details } : null;
+      try { return original.apply(this, arguments); } finally { session.__notifydEvent = null; }
+    };
+    wrapped.__notifyd = true;
+    map[EVENT] = wrapped;
+  }
+
+  /* notifyd's own details of the event `details` (from exposeEventDetails;
+   * a client library that passes every detail through needs no help). */
+  function extraDetails(session, details) {
+    var raw = session && session.__notifydEvent;
+    return raw && raw.pub === details.publication ? raw.details : details;
   }
 
   /* ---- presence: how present the user of this page is -------------------
@@ -311,6 +367,23 @@
     });
   };
 
+  /* Tell the router this event was displayed to the user (a delivery
+   * receipt, docs/presence.md): done by itself for the toasts it shows in a
+   * visible page; call it for events you show yourself.  Only events whose
+   * backend asked for a receipt (event.receipt) are reported. */
+  Notifier.prototype.displayed = function (event) {
+    var mid = typeof event === "string" ? event : event && event.receipt && event.messageId;
+    var session = this._session;
+    if (typeof mid !== "string" || !mid || !session || this._receiptsOff === session) {
+      return;
+    }
+    var self = this;
+    session.call("notifyd.receipt.displayed", [mid]).then(null, function (err) {
+      var uri = err && err.error;
+      if (uri === NO_PROCEDURE || uri === RECEIPTS_OFF) { self._receiptsOff = session; }
+    });
+  };
+
   Notifier.prototype.on = function (name, fn) {
     (this._listeners[name] = this._listeners[name] || []).push(fn);
     if (name === "state" && this.state) { fn(this.state, {}); }
@@ -367,6 +440,7 @@
     conn.onopen = function (session) {
       if (conn !== self._connection) { return; }
       self._session = session;
+      exposeEventDetails(session);
       self._position = null; // asked once per session, when needed
       deferTransportClose(conn);
       self._delay = self._backoff.initial;
@@ -532,7 +606,8 @@
     }
     // an event the log holds twice (a writer died before its ack; see
     // docs/history.md) has the same message_id: show it once
-    var mid = details.x_message_id;
+    var extra = extraDetails(this._session, details);
+    var mid = extra.x_message_id;
     if (typeof mid === "string" && mid) {
       var seen = w.seen || (w.seen = { ids: {}, order: [] });
       if (seen.ids[mid]) { return; }
@@ -549,6 +624,8 @@
       retained: !!details.retained,
       subscription: w.handle,
       receivedAt: new Date(),
+      messageId: typeof mid === "string" ? mid : null,
+      receipt: !!extra.x_receipt,
     };
     if (w.options.onEvent) {
       try { w.options.onEvent(event); } catch (e) {
@@ -562,7 +639,8 @@
       var content = render(event);
       if (content) {
         content.topic = event.topic;
-        this._toaster.show(content);
+        var self = this;
+        this._toaster.show(content, event.receipt ? function () { self.displayed(event); } : null);
       }
     }
   };
@@ -717,6 +795,7 @@
       topic: e.topic, args: e.args, kwargs: e.kwargs, publication: e.publication,
       publisher: e.publisher, retained: e.retained,
       receivedAt: e.receivedAt ? e.receivedAt.getTime() : Date.now(),
+      messageId: e.messageId, receipt: e.receipt,
     };
   }
 
@@ -801,6 +880,7 @@
       case "close": this.closeAll(m.reason || "closed"); break;
       case "ticket": this._ticketAnswer(m); break;
       case "publish": this._publish(m); break;
+      case "displayed": if (this.core && typeof m.mid === "string") { this.core.displayed(m.mid); } break;
       default: break;
     }
   };
@@ -1491,6 +1571,7 @@
       topic: e.topic, args: e.args || [], kwargs: e.kwargs || {}, publication: e.publication,
       publisher: e.publisher, retained: !!e.retained, subscription: w.handle,
       receivedAt: new Date(e.receivedAt),
+      messageId: typeof e.messageId === "string" ? e.messageId : null, receipt: !!e.receipt,
     };
   };
 
@@ -1526,8 +1607,15 @@
     var content = render(event);
     if (!content) { return false; }
     content.topic = event.topic;
-    this._toaster.show(content);
+    var self = this;
+    this._toaster.show(content, event.receipt ? function () { self.displayed(event); } : null);
     return true;
+  };
+
+  /* As Notifier.displayed: the session's host tab reports it. */
+  SharedNotifier.prototype.displayed = function (event) {
+    var mid = typeof event === "string" ? event : event && event.receipt && event.messageId;
+    if (typeof mid === "string" && mid) { this._send({ t: "displayed", mid: mid }); }
   };
 
   SharedNotifier.prototype._giveTicket = function (id) {
