@@ -5,6 +5,8 @@
 
 rate 0 publishes as fast as the connection allows; otherwise at
 ``rate`` events per second, each one confirmed -- or, with "paced": true, at
+(with "receipt": true every event asks for a delivery receipt: header
+``notifyd-receipt`` and a ``message_id``)
 ``rate`` without waiting for confirms (for rates a confirm round trip per
 event cannot reach; scenario T).  With "topics": N, each event goes to a random
 ``<topic>.<k>`` (k < N); with "roundRobin": N and "topicFormat" (``{k}`` in
@@ -58,6 +60,12 @@ def main() -> None:
                 "pad": pad,
             }
         ).encode()
+        if cfg.get("receipt"):
+            props = pika.BasicProperties(
+                content_type="application/json",
+                headers={"notifyd-receipt": True},
+                message_id=f"bench-{seq}",
+            )
         ch.basic_publish(cfg["exchange"], topic, body, props)
     conn.close()
     print(json.dumps({"sent": cfg["count"], "seconds": time.time() - start}))

@@ -455,9 +455,11 @@ def scenario_t(
     port: int = 18086,
     extra: list[str] | None = None,
     cpu: str | None = None,
+    receipt: bool = False,
 ) -> dict:
     """T: ``count`` events round-robin over ``n`` own-topic subscribers, at
-    ``rate`` events/s (0: as fast as the publisher goes)."""
+    ``rate`` events/s (0: as fast as the publisher goes); with ``receipt``
+    every event asks for a delivery receipt."""
     ex = fresh_exchange()
     srv = serve(kind, amqp, ex, port, extra=extra, cpu=cpu)
     topic = "u{i}.invoice.sent"
@@ -485,6 +487,7 @@ def scenario_t(
             count=count,
             rate=rate,
             paced=True,
+            receipt=receipt,
         )
         res = lg.summary()
         cpu, bcpu = srv.cpu() - cpu0, cpu_delta(bcpu0, broker_cpu())
@@ -510,6 +513,26 @@ def scenario_t(
         "broker_cpu_per_event_us": bcpu / delivered * 1e6 if delivered and bcpu else None,
         "latency_ms": res["latency_ms"],
     }
+
+
+#: scenario P's variants: (name, notifyd options, events ask for receipts)
+P_VARIANTS = (
+    ("off", [], False),
+    ("presence+receipts on, unused", ["--presence", "--receipts"], False),
+    ("receipts on, every event", ["--presence", "--receipts"], True),
+)
+
+
+def scenario_p(amqp: str, n: int, rate: int, count: int, rounds: int = 2) -> list[dict]:
+    """P: T (``n`` own-topic subscribers at ``rate``/s) for notifyd with
+    presence and receipts off, on but unused, and on with a receipt asked
+    for every event; the variants interleaved ``rounds`` times (issue 16)."""
+    out = []
+    for r in range(rounds):
+        for name, extra, receipt in P_VARIANTS:
+            x = scenario_t(amqp, "notifyd", n, rate, count, extra=extra, receipt=receipt)
+            out.append({"variant": name, "round": r, **x})
+    return out
 
 
 def scenario_w(amqp: str, n: int, count: int) -> list[dict]:
@@ -968,6 +991,9 @@ def main() -> int:
                 "fixed": [scenario_t(amqp, kind, n, rate, rate * secs) for kind in PEERS],
                 "max": [scenario_t(amqp, kind, n, 0, unpaced) for kind in PEERS],
             }
+        if want("P"):
+            n, rate, secs, _ = sizes["T"]
+            results["P"] = scenario_p(amqp, n, rate, rate * secs)
         if want("S"):
             results["S"] = scenario_s(amqp, 1000, 5)
         if want("W"):
@@ -1054,6 +1080,8 @@ def report(r: dict) -> None:
         report_h(r["H"])
     if "T" in r:
         report_t(r["T"])
+    if "P" in r:
+        report_p(r["P"])
     if "W" in r:
         report_w(r["W"])
     if "S" in r:
@@ -1102,6 +1130,23 @@ def report_t(t: dict) -> None:
         print(
             f"   notifyd: {fixed['notifyd']['cpu_per_event_us'] or 0:.1f} µs server CPU per targeted "
             f"event at {fixed['notifyd']['rate']}/s (target <= 25)"
+        )
+
+
+def report_p(p: list) -> None:
+    print("\nP  presence and receipts: T at a fixed rate, notifyd only (issue 16)")
+    print(
+        f"   {'variant':<30} {'N':>5} {'rate/s':>7} {'events/s':>9} {'server CPU':>11} "
+        f"{'µs CPU/event':>13} {'RabbitMQ µs/ev':>15} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5}"
+    )
+    for x in p:
+        lat = x["latency_ms"]
+        rmq = x["broker_cpu_per_event_us"]
+        print(
+            f"   {x['variant']:<30} {x['n']:>5} {x['rate']:>7} {x['events_per_s']:>9.0f} "
+            f"{x['server_cpu_s']:>10.2f}s {x['cpu_per_event_us'] or 0:>13.1f} "
+            f"{rmq if rmq is not None else 0:>15.1f} {lat['p50'] or 0:>7.1f} "
+            f"{lat['p99'] or 0:>7.1f} {x['missing']:>5}"
         )
 
 

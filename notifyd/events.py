@@ -167,6 +167,8 @@ class InboundEvent:
     #: the backend asked for receipts (``notifyd-receipt`` or
     #: ``notifyd-fallback-after``); ``extra["x_message_id"]`` is then set
     receipt: bool = False
+    #: its ``notifyd-fallback-after`` (seconds), if any
+    fallback_after: float | None = None
 
     @property
     def filtered(self) -> bool:
@@ -501,7 +503,7 @@ def _decode_delivery(routing_key: Any, properties: Any, body: bytes, max_size: i
             if name == HEADER_RECEIPT:
                 event.receipt = event.receipt or _flag(name, value)
             elif name == HEADER_FALLBACK_AFTER:
-                fallback_after(name, value)
+                event.fallback_after = fallback_after(name, value)
                 event.receipt = True
             continue
         field = _HEADER_FIELDS.get(name)
@@ -569,6 +571,8 @@ def canonical_headers(event: InboundEvent) -> dict[str, Any]:
         headers[HEADER_RETAIN] = True
     if event.receipt:
         headers[HEADER_RECEIPT] = True
+    if event.fallback_after is not None:
+        headers[HEADER_FALLBACK_AFTER] = event.fallback_after
     for name, ids in ((HEADER_ELIGIBLE, event.eligible), (HEADER_EXCLUDE, event.exclude)):
         if ids is not None:
             headers[name] = ",".join(str(i) for i in sorted(ids))

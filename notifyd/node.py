@@ -40,7 +40,7 @@ from notifyd.metrics import make_registry
 from notifyd.presence import Presence, node_name
 from notifyd.presence import attach as presence_attach
 from notifyd.ratelimit import Limits
-from notifyd.receipts import Decisions, Receipts
+from notifyd.receipts import Decisions, Receipts, decide_queue
 from notifyd.receipts import attach as receipts_attach
 from notifyd.revocation import KillOrder
 from notifyd.router import Policy, Publisher, Router
@@ -286,6 +286,7 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
             lambda key, body: amqp.send(settings.receipts_exchange, key, body),
             reactor,
             presence.node if presence is not None else node_name(),
+            decide=lambda body: amqp.send("", decide_queue(settings.receipts_exchange), body),
         )
         decisions = Decisions()
     attach: list[Any] = []

@@ -56,8 +56,11 @@ from notifyd.events import (
     HEADER_EXCLUDE,
     HEADER_EXCLUDE_AUTHID,
     HEADER_EXCLUDE_AUTHROLE,
+    HEADER_FALLBACK_AFTER,
     HEADER_PAYLOAD,
+    HEADER_RECEIPT,
     HEADER_RETAIN,
+    MAX_FALLBACK_AFTER,
     PAYLOAD_ENVELOPE,
     check_value,
 )
@@ -99,12 +102,16 @@ def event_headers(
     eligible_extra: Mapping[str, Iterable[str]] | None = None,
     exclude_extra: Mapping[str, Iterable[str]] | None = None,
     retain: bool = False,
+    receipt: bool = False,
+    fallback_after: float | None = None,
 ) -> dict[str, Any]:
     """The AMQP headers notifyd reads for this targeting (see the
     "Targeted delivery" section of docs/security.md).  ``eligible*`` lists
     admit only the sessions they name (an empty list: nobody); ``exclude*``
     lists remove sessions; ``*_extra`` maps an authextra name (a JWT extra
-    claim such as ``account``) to values."""
+    claim such as ``account``) to values.  ``receipt``: delivery receipts;
+    ``fallback_after``: seconds after which an event nobody displayed goes
+    to the undelivered exchange (docs/presence.md)."""
     headers: dict[str, Any] = {}
     for header, values, fmt in (
         (HEADER_ELIGIBLE, eligible, _ids),
@@ -127,6 +134,12 @@ def event_headers(
             headers[prefix + name.lower()] = _names(prefix + name, values)
     if retain:
         headers[HEADER_RETAIN] = True
+    if receipt:
+        headers[HEADER_RECEIPT] = True
+    if fallback_after is not None:
+        if isinstance(fallback_after, bool) or not 0 < fallback_after <= MAX_FALLBACK_AFTER:
+            raise ValueError(f"fallback_after must be in (0, {MAX_FALLBACK_AFTER:g}] seconds")
+        headers[HEADER_FALLBACK_AFTER] = float(fallback_after)
     return headers
 
 

@@ -16,7 +16,9 @@ one decision, made by exactly one node of the cluster:
 
 * the events exchange feeds the headers exchange ``<receipts_exchange>.waits``;
   the durable queue ``<receipts_exchange>.decide`` (single active consumer)
-  takes from it every event that has the header, and every receipt;
+  takes from it every event that has the header; a node that publishes a
+  ``displayed`` receipt for such an event also sends it straight to that
+  queue (so the copy of the event always comes first);
 * every node with receipts on consumes that queue; RabbitMQ makes one of
   them the active consumer: the **decider**.  It holds each such event
   unacked until its deadline (its ``timestamp`` property + the delay, or
@@ -81,20 +83,23 @@ def decide_queue(receipts_exchange: str) -> str:
 
 
 class _Recent:
-    """A set of at most ``size`` keys, the oldest forgotten first."""
+    """At most ``size`` keys (each with a value), the oldest forgotten first."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._keys: OrderedDict[Any, None] = OrderedDict()
+        self._keys: OrderedDict[Any, Any] = OrderedDict()
 
     def __contains__(self, key: Any) -> bool:
         return key in self._keys
 
-    def add(self, key: Any) -> bool:
+    def get(self, key: Any) -> Any:
+        return self._keys.get(key)
+
+    def add(self, key: Any, value: Any = None) -> bool:
         """Remember ``key``; False if it was known already."""
         if key in self._keys:
             return False
-        self._keys[key] = None
+        self._keys[key] = value
         if len(self._keys) > self._size:
             self._keys.popitem(last=False)
         return True
@@ -113,21 +118,25 @@ class Receipts:
         clock: Any,
         node: str,
         *,
+        decide: Callable[[bytes], object] | None = None,
         per_session: int = PER_SESSION,
     ) -> None:
         """``send(routing_key, body)`` publishes one receipt (fire and
-        forget)."""
+        forget); ``decide(body)`` sends a ``displayed`` receipt of a
+        fallback event to the decide queue."""
         self._send = send
+        self._decide = decide
         self._clock = clock
         self.node = node
         self._per_session = per_session
-        #: session id -> the message ids sent to it (newest last)
+        #: session id -> the message ids sent to it (newest last) -> whether
+        #: the event has a fallback
         self._sent: dict[int, _Recent] = {}
         self._reported = {DELIVERED: _Recent(REPORTED), DISPLAYED: _Recent(REPORTED)}
         #: receipts published, by kind
         self.published = {DELIVERED: 0, DISPLAYED: 0}
 
-    def _publish(self, kind: str, message_id: str) -> None:
+    def _publish(self, kind: str, message_id: str, fallback: bool = False) -> None:
         if not self._reported[kind].add(message_id):
             return  # this node said it already
         self.published[kind] += 1
@@ -138,18 +147,22 @@ class Receipts:
             "node": self.node,
             "time": self._clock.seconds(),
         }
-        self._send(message_id, json.dumps(body, separators=(",", ":")).encode())
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self._send(message_id, data)
+        if fallback and self._decide is not None:
+            self._decide(data)
 
     def delivered(self, event: InboundEvent, sessions: Iterable[Any]) -> None:
         """``event`` (which asked for a receipt) was sent to ``sessions``."""
         message_id = event.extra["x_message_id"]
+        fallback = event.fallback_after is not None
         any_session = False
         for session in sessions:
             any_session = True
             sent = self._sent.get(session.session_id)
             if sent is None:
                 sent = self._sent[session.session_id] = _Recent(self._per_session)
-            sent.add(message_id)
+            sent.add(message_id, fallback)
         if any_session:
             self._publish(DELIVERED, message_id)
 
@@ -159,7 +172,7 @@ class Receipts:
         sent = self._sent.get(session.session_id)
         if not isinstance(message_id, str) or sent is None or message_id not in sent:
             return False
-        self._publish(DISPLAYED, message_id)
+        self._publish(DISPLAYED, message_id, sent.get(message_id))
         return True
 
     def forget(self, session: Any) -> None:
@@ -377,7 +390,6 @@ def attach(
         routing_key="",
         arguments={"x-match": "any", HEADER_FALLBACK_AFTER: None},
     )
-    yield channel.queue_bind(queue=queue, exchange=receipts_exchange, routing_key="#")
     decide = yield conn.channel()
 
     def ack(tag: int) -> None:

@@ -41,11 +41,23 @@ def test_targeting_arguments_become_the_string_headers_notifyd_reads():
         {"eligible": [0]},
         {"eligible_authid": "alice"},
         {"eligible_extra": {"bad name": ["1"]}},
+        {"fallback_after": 0},
+        {"fallback_after": 1201},
+        {"fallback_after": True},
     ],
 )
 def test_targeting_the_list_syntax_cannot_carry_is_refused(kwargs):
     with pytest.raises((ValueError, TypeError)):
         event_headers(**kwargs)
+
+
+def test_receipt_arguments_become_the_headers_notifyd_reads():
+    import pika
+
+    headers = event_headers(receipt=True, fallback_after=300)
+    assert headers == {"notifyd-receipt": True, "notifyd-fallback-after": 300.0}
+    props = pika.BasicProperties(headers=headers, message_id="m-1")
+    assert decode_delivery("a.b", props, b"{}", 1 << 20).receipt
 
 
 def test_payloads_no_client_could_read_are_refused_before_publishing():

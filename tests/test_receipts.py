@@ -81,6 +81,7 @@ def test_the_event_log_keeps_the_receipt():
     event = decode({HEADER_FALLBACK_AFTER: "30"})
     again = decode(canonical_headers(event))
     assert again.receipt and again.extra["x_message_id"] == "m-1"
+    assert again.fallback_after == 30.0
 
 
 # -- per node: delivered, displayed, targeting ---------------------------------------------
@@ -89,7 +90,12 @@ def setup_router():
     bindings.attach(ch)
     sent: list[tuple[str, dict]] = []
     clock = Clock()
-    receipts = Receipts(lambda key, body: sent.append((key, json.loads(body))), clock, "node-a")
+    receipts = Receipts(
+        lambda key, body: sent.append((key, json.loads(body))),
+        clock,
+        "node-a",
+        decide=lambda body: sent.append(("(decide)", json.loads(body))),
+    )
     router = make_router(Policy(allow_anonymous=True), bindings=bindings, receipts=receipts)
     return router, sent
 
@@ -128,6 +134,23 @@ def test_a_targeted_event_is_receipted_only_for_its_sessions():
     call(alice, ta, "notifyd.receipt.displayed", "m-7")
     router.on_delivery("invoice.sent", props(headers, "m-7"), b"1")
     assert len(sent) == 2
+
+
+def test_only_displayed_receipts_of_fallback_events_go_to_the_decider():
+    router, sent = setup_router()
+    s, t = joined(router, "alice")
+    router.on_delivery("invoice.sent", props({HEADER_RECEIPT: True}, "plain"), b"1")
+    router.on_delivery("invoice.sent", props({HEADER_FALLBACK_AFTER: 9}, "fallback"), b"1")
+    call(s, t, "notifyd.receipt.displayed", "plain")
+    call(s, t, "notifyd.receipt.displayed", "fallback")
+    assert [(k, r["receipt"]) for k, r in sent] == [
+        ("plain", "delivered"),
+        ("fallback", "delivered"),
+        ("plain", "displayed"),
+        ("fallback", "displayed"),
+        ("(decide)", "displayed"),
+    ]
+    assert sent[-1][1] == sent[-2][1]
 
 
 def test_no_receipt_without_a_session_or_without_the_header():
