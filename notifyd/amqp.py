@@ -467,13 +467,13 @@ class AMQPService(Service):
             return
         self._acks.later(channel, tag)
 
-    def send(self, exchange: str, routing_key: str, body: bytes) -> None:
+    def send(self, exchange: str, routing_key: str, body: bytes) -> bool:
         """Publish ``body`` without waiting for RabbitMQ's confirm (presence,
         receipts: docs/presence.md says what a lost one means); dropped while
-        disconnected."""
+        disconnected (False)."""
         channel = self._publish_channel
         if channel is None or not channel.is_open:
-            return
+            return False
         channel.basic_publish(
             exchange=exchange,
             routing_key=routing_key,
@@ -487,6 +487,7 @@ class AMQPService(Service):
                 why=f.getErrorMessage(),
             )
         )
+        return True
 
     def broadcast(self, body: bytes) -> Deferred[None]:
         """Publish ``body`` on the control exchange (every node gets it)."""

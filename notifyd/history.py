@@ -557,11 +557,16 @@ class History:
         else:
             candidates = [e for t, e in self.retained.items() if matches(sub.topic, sub.match, t)]
         oldest = self._clock.seconds() - self.settings.retained_max_age
-        return [
-            make_event(sub, e)
+        events = [
+            e
             for e, stamp in candidates
             if stamp >= oldest and (not e.filtered or e.receives(session))
         ]
+        if self.on_receipt is not None:
+            for e in events:
+                if e.receipt:
+                    self.on_receipt(e, [session])
+        return [make_event(sub, e) for e in events]
 
 
 def _as_dict(event: InboundEvent, sub: Subscription) -> dict[str, Any]:

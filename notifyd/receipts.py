@@ -42,7 +42,6 @@ deduplicate by ``message_id``.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,9 +63,15 @@ DELIVERED = "delivered"
 DISPLAYED = "displayed"
 #: receipt events remembered per session (a displayed report for an older
 #: one is refused)
-PER_SESSION = 256
+PER_SESSION = 64
 #: message ids remembered as reported by this node (each kind once per node)
 REPORTED = 100_000
+#: what a decision can be: displayed in time, republished undelivered, not
+#: routable there, refused (a bad header)
+OUTCOMES = ("displayed", "undelivered", "unroutable", "refused")
+#: the most fallback events one decider holds (its prefetch, AMQP's largest):
+#: beyond, they wait in RabbitMQ and are decided, late, as earlier ones go
+MAX_PENDING = 65_535
 #: message ids remembered as decided by the decider (a second copy of a
 #: decided event, published again by its backend, is not decided twice)
 DECIDED = 100_000
@@ -87,7 +92,7 @@ class _Recent:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._keys: OrderedDict[Any, Any] = OrderedDict()
+        self._keys: dict[Any, Any] = {}  # insertion order: oldest first
 
     def __contains__(self, key: Any) -> bool:
         return key in self._keys
@@ -101,8 +106,11 @@ class _Recent:
             return False
         self._keys[key] = value
         if len(self._keys) > self._size:
-            self._keys.popitem(last=False)
+            del self._keys[next(iter(self._keys))]
         return True
+
+    def discard(self, key: Any) -> None:
+        self._keys.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -114,7 +122,7 @@ class Receipts:
 
     def __init__(
         self,
-        send: Callable[[str, bytes], object],
+        send: Callable[[str, bytes], bool],
         clock: Any,
         node: str,
         *,
@@ -122,7 +130,8 @@ class Receipts:
         per_session: int = PER_SESSION,
     ) -> None:
         """``send(routing_key, body)`` publishes one receipt (fire and
-        forget); ``decide(body)`` sends a ``displayed`` receipt of a
+        forget; False if it could not, RabbitMQ being away: the receipt can
+        then be reported again); ``decide(body)`` sends a ``displayed`` receipt of a
         fallback event to the decide queue."""
         self._send = send
         self._decide = decide
@@ -137,9 +146,9 @@ class Receipts:
         self.published = {DELIVERED: 0, DISPLAYED: 0}
 
     def _publish(self, kind: str, message_id: str, fallback: bool = False) -> None:
-        if not self._reported[kind].add(message_id):
+        reported = self._reported[kind]
+        if not reported.add(message_id):
             return  # this node said it already
-        self.published[kind] += 1
         body = {
             "version": FORMAT,
             "message_id": message_id,
@@ -148,7 +157,10 @@ class Receipts:
             "time": self._clock.seconds(),
         }
         data = json.dumps(body, separators=(",", ":")).encode()
-        self._send(message_id, data)
+        if not self._send(message_id, data):
+            reported.discard(message_id)  # not sent: a later report may be
+            return
+        self.published[kind] += 1
         if fallback and self._decide is not None:
             self._decide(data)
 
@@ -183,9 +195,18 @@ class Receipts:
 @dataclass
 class _Wait:
     tag: int
-    message_id: str | None
+    message_id: str
     call: Any = None
     msg: Any = field(default=None, repr=False)
+    #: the deadline passed: republishing (a late "displayed" changes nothing)
+    expiring: bool = False
+    #: republish attempts that failed (retried with a growing delay)
+    failures: int = 0
+
+
+#: seconds before a failed republish is tried again (doubling up to RETRY_MAX)
+RETRY_FIRST = 2.0
+RETRY_MAX = 60.0
 
 
 class Decider:
@@ -207,41 +228,40 @@ class Decider:
         self._republish = republish
         #: message id -> the event waiting for its deadline
         self.pending: dict[str, _Wait] = {}
-        #: waits without a message id (nothing can display them)
-        self._anonymous: list[_Wait] = []
         #: message ids decided (kept across reconnects by the caller)
         self.decided = decided if decided is not None else _Recent(DECIDED)
         #: decisions made: "displayed", "undelivered", "unroutable", "refused"
-        self.outcomes: dict[str, int] = {
-            "displayed": 0,
-            "undelivered": 0,
-            "unroutable": 0,
-            "refused": 0,
-        }
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self._stopped = False
 
     # -- input -----------------------------------------------------------------------
     def on_message(self, tag: int, msg: Any) -> None:
         """One message of the decide queue: a waiting event (it has the
-        fallback header) or a receipt."""
+        fallback header) or a ``displayed`` receipt."""
         headers = getattr(msg.properties, "headers", None) or {}
         if any(k.lower() == HEADER_FALLBACK_AFTER for k in headers):
             self._wait(tag, msg, headers)
         else:
             self._receipt(tag, msg.body)
 
+    def _refuse(self, tag: int, why: str) -> None:
+        # the nodes refuse the event too (nobody got it): dead-lettered
+        _log.warn("refused a fallback event: {why}", why=why)
+        self.outcomes["refused"] += 1
+        self._reject(tag)
+
     def _wait(self, tag: int, msg: Any, headers: dict[str, Any]) -> None:
         value = next(v for k, v in headers.items() if k.lower() == HEADER_FALLBACK_AFTER)
         try:
             delay = fallback_after(HEADER_FALLBACK_AFTER, value)
         except BadEvent as e:
-            # the nodes refuse the event too (nobody got it): dead-lettered
-            _log.warn("refused a fallback event: {why}", why=str(e))
-            self.outcomes["refused"] += 1
-            self._reject(tag)
+            self._refuse(tag, str(e))
             return
-        message_id = getattr(msg.properties, "message_id", None) or None
-        if message_id is not None and (message_id in self.decided or message_id in self.pending):
+        message_id = getattr(msg.properties, "message_id", None)
+        if not isinstance(message_id, str) or not message_id:
+            self._refuse(tag, "it has no message_id (or one that is not UTF-8)")
+            return
+        if message_id in self.decided or message_id in self.pending:
             self._ack(tag)  # a second copy of an event decided (or waiting) already
             return
         now = self._clock.seconds()
@@ -250,10 +270,7 @@ class Decider:
             start = now
         wait = _Wait(tag, message_id, msg=msg)
         wait.call = self._clock.callLater(max(0.0, start + delay - now), self._expire, wait)
-        if message_id is None:
-            self._anonymous.append(wait)
-        else:
-            self.pending[message_id] = wait
+        self.pending[message_id] = wait
 
     def _receipt(self, tag: int, body: bytes) -> None:
         try:
@@ -263,7 +280,7 @@ class Decider:
             self._ack(tag)  # not a receipt: nothing to decide
             return
         wait = self.pending.get(message_id) if isinstance(message_id, str) else None
-        if wait is not None and kind == DISPLAYED:
+        if wait is not None and kind == DISPLAYED and not wait.expiring:
             # the event first: a death between the two acks leaves only the
             # receipt, which then finds nothing waiting
             self._done(wait, "displayed")
@@ -274,54 +291,59 @@ class Decider:
     def _done(self, wait: _Wait, outcome: str) -> None:
         if wait.call is not None and wait.call.active():
             wait.call.cancel()
-        if wait.message_id is not None:
-            self.pending.pop(wait.message_id, None)
-            self.decided.add(wait.message_id)
-        elif wait in self._anonymous:
-            self._anonymous.remove(wait)
+        self.pending.pop(wait.message_id, None)
+        self.decided.add(wait.message_id)
         self.outcomes[outcome] += 1
 
     def _expire(self, wait: _Wait) -> None:
         wait.call = None
         if self._stopped:
             return
+        wait.expiring = True
         d = self._republish(wait.msg)
 
         def confirmed(_: Any) -> None:
-            if self._stopped:
-                return  # the channel went: RabbitMQ gives the event to the next decider
-            self._done(wait, "undelivered")
-            self._ack(wait.tag)
+            # out there now: never again from this node, even if the channel
+            # went before the ack (RabbitMQ then redelivers it; it is acked
+            # as a copy of a decided event)
+            self.decided.add(wait.message_id)
+            if not self._stopped:
+                self._done(wait, "undelivered")
+                self._ack(wait.tag)
 
         def failed(f: Failure) -> None:
+            if self._stopped:
+                return  # the channel went: RabbitMQ gives the event to the next decider
             if f.check(UnroutableError):
                 _log.error(
                     "fallback event {id} was not routable: bind a queue to the undelivered "
                     "exchange",
                     id=wait.message_id,
                 )
-                if not self._stopped:
-                    self._done(wait, "unroutable")
-                    self._ack(wait.tag)
+                self._done(wait, "unroutable")
+                self._ack(wait.tag)
                 return
-            # the channel or connection went: the event stays unacked and
-            # RabbitMQ redelivers it to whichever node decides next
+            # refused (a nack: resource alarm, max-length) or the publish
+            # channel went: try again, the event stays held meanwhile
+            delay = min(RETRY_MAX, RETRY_FIRST * 2**wait.failures)
+            wait.failures += 1
             _log.warn(
-                "fallback event {id} not republished: {why}",
+                "fallback event {id} not republished ({why}); trying again in {delay} s",
                 id=wait.message_id,
-                why=f.getErrorMessage(),
+                why=f.getErrorMessage() or type(f.value).__name__,
+                delay=delay,
             )
+            wait.call = self._clock.callLater(delay, self._expire, wait)
 
         d.addCallbacks(confirmed, failed)
 
     def stop(self) -> None:
         """The channel is gone: forget every wait (RabbitMQ requeues them)."""
         self._stopped = True
-        for wait in [*self.pending.values(), *self._anonymous]:
+        for wait in self.pending.values():
             if wait.call is not None and wait.call.active():
                 wait.call.cancel()
         self.pending.clear()
-        self._anonymous.clear()
 
 
 class Decisions:
@@ -331,7 +353,7 @@ class Decisions:
     def __init__(self) -> None:
         self.decided = _Recent(DECIDED)
         self.current: Decider | None = None
-        self._past = {"displayed": 0, "undelivered": 0, "unroutable": 0, "refused": 0}
+        self._past = dict.fromkeys(OUTCOMES, 0)
 
     def outcomes(self) -> dict[str, int]:
         """Decisions made on this node, by outcome."""
@@ -343,9 +365,7 @@ class Decisions:
 
     def pending(self) -> int:
         """Fallback events this node holds until their deadline."""
-        if self.current is None:
-            return 0
-        return len(self.current.pending) + len(self.current._anonymous)
+        return 0 if self.current is None else len(self.current.pending)
 
     def replace(self, decider: Decider | None) -> None:
         old, self.current = self.current, decider
@@ -369,7 +389,9 @@ def attach(
 ) -> Any:
     """On every (re)connect: declare the receipts, waits and undelivered
     exchanges and the decide queue, and consume it on a channel of its own
-    (no prefetch limit: the decider holds every waiting event)."""
+    (prefetch :data:`MAX_PENDING`: the decider holds the waiting events).
+    If RabbitMQ closes that channel or cancels its consumer, the connection
+    is closed, so the node reconnects and decides again."""
     import pika
 
     yield channel.exchange_declare(exchange=receipts_exchange, exchange_type="topic", durable=True)
@@ -391,6 +413,7 @@ def attach(
         arguments={"x-match": "any", HEADER_FALLBACK_AFTER: None},
     )
     decide = yield conn.channel()
+    yield decide.basic_qos(prefetch_count=MAX_PENDING)
 
     def ack(tag: int) -> None:
         if decide.is_open:
@@ -426,9 +449,15 @@ def attach(
     decider = Decider(clock, ack, reject, republish, decisions.decided)
     decisions.replace(decider)
 
-    def closed(_: Any) -> None:
+    def lost(reason: Any) -> None:
         if decisions.current is decider:
             decisions.replace(None)
+            if conn.is_open:  # not a stop: RabbitMQ closed the channel or cancelled us
+                _log.warn(
+                    "RabbitMQ ended the fallback decider ({reason}); reconnecting",
+                    reason=reason,
+                )
+                conn.close()
 
     def handle(msg: Any) -> None:
         try:
@@ -436,6 +465,6 @@ def attach(
         except Exception:
             _log.failure("internal error deciding a fallback; the message stays unacked")
 
-    decide.on_closed.addBoth(closed)
+    decide.on_closed.addBoth(lost)
     consumer, _ = yield decide.basic_consume(queue=queue, auto_ack=False)
-    consume_directly(consumer, handle)
+    consume_directly(consumer, handle, lost)

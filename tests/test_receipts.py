@@ -91,7 +91,7 @@ def setup_router():
     sent: list[tuple[str, dict]] = []
     clock = Clock()
     receipts = Receipts(
-        lambda key, body: sent.append((key, json.loads(body))),
+        lambda key, body: sent.append((key, json.loads(body))) or True,
         clock,
         "node-a",
         decide=lambda body: sent.append(("(decide)", json.loads(body))),
@@ -151,6 +151,28 @@ def test_only_displayed_receipts_of_fallback_events_go_to_the_decider():
         ("(decide)", "displayed"),
     ]
     assert sent[-1][1] == sent[-2][1]
+
+
+def test_a_receipt_rabbitmq_did_not_take_can_be_reported_again():
+    up = [False]
+    sent = []
+
+    def send(key, body):
+        if up[0]:
+            sent.append(json.loads(body)["receipt"])
+        return up[0]
+
+    receipts = Receipts(send, Clock(), "node-a")
+    session = SimpleNamespace(session_id=5)
+    event = decode({HEADER_RECEIPT: True}, "m-9")
+    receipts.delivered(event, [session])
+    assert not receipts.displayed(session, "m-10")
+    assert receipts.displayed(session, "m-9") and sent == []
+    up[0] = True
+    assert receipts.displayed(session, "m-9")
+    receipts.delivered(event, [session])
+    assert sent == ["displayed", "delivered"]
+    assert receipts.published == {"delivered": 1, "displayed": 1}
 
 
 def test_no_receipt_without_a_session_or_without_the_header():
@@ -305,15 +327,61 @@ def test_copies_and_bad_headers():
     assert ch.rejects == [4]
     d.on_message(5, SimpleNamespace(properties=props(None, None), body=b"not json"))
     assert ch.acks[-1] == 5
-    # a wait without message_id cannot be displayed: it falls back
+    # a wait without message_id: the nodes refuse the event, so does the decider
     d.on_message(6, wait_msg(message_id=None))
+    assert ch.rejects == [4, 6] and decisions.pending() == 0
+    d.on_message(7, wait_msg("m-7"))
     assert decisions.pending() == 1
-    clock.advance(60)
-    assert ch.acks[-1] == 6 and len(ch.republished) == 2
     decisions.replace(None)
     assert decisions.outcomes() == {
         "displayed": 0,
-        "undelivered": 2,
+        "undelivered": 1,
         "unroutable": 0,
-        "refused": 1,
+        "refused": 2,
     }
+
+
+def test_displayed_while_republishing_changes_nothing():
+    """The review's race: the deadline passed and the republish waits for
+    its confirm when a "displayed" arrives: one decision, one ack each."""
+    d, ch, clock = decider()
+    ch.auto = False
+    d.on_message(1, wait_msg())
+    clock.advance(60)
+    d.on_message(2, receipt_msg())
+    assert ch.acks == [2]
+    ch.answers[0].callback(None)
+    assert ch.acks == [2, 1]
+    assert d.outcomes["undelivered"] == 1 and d.outcomes["displayed"] == 0
+
+
+def test_a_refused_republish_is_tried_again_and_the_event_held():
+    d, ch, clock = decider()
+    ch.auto = False
+    d.on_message(1, wait_msg())
+    clock.advance(60)
+    ch.answers[0].errback(Exception("nack"))
+    assert ch.acks == [] and len(d.pending) == 1
+    clock.advance(2)
+    assert len(ch.republished) == 2
+    ch.answers[1].errback(Exception("nack"))
+    clock.advance(3.9)
+    assert len(ch.republished) == 2
+    clock.advance(0.1)
+    ch.answers[2].callback(None)
+    assert ch.acks == [1] and d.pending == {}
+
+
+def test_a_confirm_after_the_channel_went_is_not_republished_again():
+    decisions = Decisions()
+    d, ch, clock = decider(decided=decisions.decided)
+    decisions.replace(d)
+    ch.auto = False
+    d.on_message(1, wait_msg())
+    clock.advance(60)
+    decisions.replace(None)  # the channel closed before the confirm
+    ch.answers[0].callback(None)
+    assert ch.acks == []
+    again, ch2, _ = decider(clock, decisions.decided)
+    again.on_message(1, wait_msg())  # RabbitMQ redelivers it
+    assert ch2.acks == [1] and ch2.republished == []

@@ -197,6 +197,19 @@ def test_receipts_across_two_nodes_and_one_decision_per_event(spawn, rabbit, exc
         assert len(backend.fallbacks("e3")) == 1
         assert len(backend.fallbacks("e2")) == 1
         assert backend.fallbacks("e1") == []
+
+        # an operator deletes the decide queue: RabbitMQ cancels the
+        # decider, the node reconnects, declares it again and decides again
+        def delete_queue() -> None:
+            conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+            conn.channel().queue_delete(receipts + ".decide")
+            conn.close()
+
+        yield deferToThread(delete_queue)
+        yield survivor.wait_count("RabbitMQ ended the fallback decider", 1)
+        yield survivor.wait_count("notifyd ready", 2)
+        yield publish("e5", "invoice.overdue", **{"notifyd-fallback-after": 1})
+        yield until(lambda: backend.fallbacks("e5"), "e5 undelivered", timeout=20)
         assert backend.error is None
     finally:
         backend.stop.set()

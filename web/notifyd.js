@@ -100,6 +100,9 @@
   function Toaster(options) {
     this.max = options.max || 4;
     this.timeout = options.timeout === undefined ? 6000 : options.timeout;
+    // a toast counts as seen (a "displayed" receipt) after this long on
+    // screen in a visible page
+    this.seenAfter = options.seenAfter === undefined ? 1000 : options.seenAfter;
     this.doc = options.document || (typeof document !== "undefined" ? document : null);
     this.container = options.container || null;
     this.injectStyles = options.styles !== false;
@@ -145,9 +148,10 @@
     return !doc || !doc.visibilityState || doc.visibilityState === "visible";
   }
 
-  /* Show a toast; onSeen() is called once it is on screen in a visible page
-   * (at once, or when the page becomes visible while the toast is still
-   * there).  The auto-hide timer runs only while the page is visible. */
+  /* Show a toast; onSeen() is called once it was on screen in a visible
+   * page for `seenAfter` ms (now, or once the page becomes visible while the
+   * toast is still there).  The auto-hide timer runs only while the page is
+   * visible. */
   Toaster.prototype.show = function (content, onSeen) {
     var box = this._ensure();
     if (!box) { return null; }
@@ -178,23 +182,36 @@
 
     var self = this;
     var timer = null;
-    var watching = false;
+    var seenTimer = null;
+    var listening = !!doc.addEventListener;
     function dismiss() {
       if (timer) { clearTimeout(timer); timer = null; }
-      if (watching) { doc.removeEventListener("visibilitychange", seen); watching = false; }
+      if (seenTimer) { clearTimeout(seenTimer); seenTimer = null; }
+      if (listening) { doc.removeEventListener("visibilitychange", visibility); listening = false; }
       if (toast.parentNode) { toast.parentNode.removeChild(toast); }
     }
     function arm() {
       if (self.timeout > 0 && pageVisible(doc)) { timer = setTimeout(dismiss, self.timeout); }
     }
-    function seen() {
-      if (!pageVisible(doc) || !toast.parentNode) { return; }
-      if (watching) { doc.removeEventListener("visibilitychange", seen); watching = false; }
-      if (!timer) { arm(); }
-      if (onSeen) {
+    function watchSeen() {
+      if (!onSeen || seenTimer) { return; }
+      seenTimer = setTimeout(function () {
+        seenTimer = null;
+        if (!onSeen || !toast.parentNode || !pageVisible(doc)) { return; }
         var fn = onSeen;
         onSeen = null;
         try { fn(); } catch (e) { /* a report must not break the page */ }
+      }, self.seenAfter);
+    }
+    function visibility() {
+      if (!toast.parentNode) { dismiss(); return; }
+      if (pageVisible(doc)) {
+        if (!timer) { arm(); }
+        watchSeen();
+      } else {
+        // hidden: the toast waits for the user, and is not seen meanwhile
+        if (timer) { clearTimeout(timer); timer = null; }
+        if (seenTimer) { clearTimeout(seenTimer); seenTimer = null; }
       }
     }
     close.addEventListener("click", dismiss);
@@ -206,16 +223,16 @@
     toast.addEventListener("mouseleave", function () { if (!timer && toast.parentNode) { arm(); } });
     toast.addEventListener("focusin", function () { if (timer) { clearTimeout(timer); timer = null; } });
 
+    toast.__notifydDismiss = dismiss;
     box.appendChild(toast);
     while (box.children.length > this.max) {
-      box.removeChild(box.firstChild);
+      var oldest = box.firstChild;
+      if (oldest.__notifydDismiss) { oldest.__notifydDismiss(); } else { box.removeChild(oldest); }
     }
+    if (listening) { doc.addEventListener("visibilitychange", visibility); }
     if (pageVisible(doc)) {
       arm();
-      seen();
-    } else if (doc.addEventListener) {
-      watching = true;
-      doc.addEventListener("visibilitychange", seen);
+      watchSeen();
     }
     return { element: toast, dismiss: dismiss };
   };
@@ -371,9 +388,9 @@
    * receipt, docs/presence.md): done by itself for the toasts it shows in a
    * visible page; call it for events you show yourself.  Only events whose
    * backend asked for a receipt (event.receipt) are reported. */
-  Notifier.prototype.displayed = function (event) {
+  Notifier.prototype.displayed = function (event, session) {
     var mid = typeof event === "string" ? event : event && event.receipt && event.messageId;
-    var session = this._session;
+    session = session || this._session; // the session the event came in (a new one cannot report it)
     if (typeof mid !== "string" || !mid || !session || this._receiptsOff === session) {
       return;
     }
@@ -640,7 +657,8 @@
       if (content) {
         content.topic = event.topic;
         var self = this;
-        this._toaster.show(content, event.receipt ? function () { self.displayed(event); } : null);
+        var session = this._session;
+        this._toaster.show(content, event.receipt ? function () { self.displayed(event, session); } : null);
       }
     }
   };
