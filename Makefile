@@ -11,7 +11,7 @@ AMQP_URL := amqp://guest:guest@127.0.0.1:26720/%2F
 DEMO_PORT ?= 8080
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop test unit conformance fuzz soak bench bench-quick lint format clean
+.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop example example-stop test unit conformance fuzz soak bench bench-quick lint format clean
 
 setup: venv npm rabbitmq-installed
 
@@ -56,12 +56,12 @@ haproxy:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 
 lint: venv
-	$(VENV)/bin/ruff check notifyd devtools tests twisted bench setup.py
-	$(VENV)/bin/ruff format --check notifyd devtools tests twisted bench setup.py
+	$(VENV)/bin/ruff check notifyd devtools tests twisted bench examples setup.py
+	$(VENV)/bin/ruff format --check notifyd devtools tests twisted bench examples setup.py
 
 format: venv
-	$(VENV)/bin/ruff format notifyd devtools tests twisted bench setup.py
-	$(VENV)/bin/ruff check --fix notifyd devtools tests twisted bench setup.py
+	$(VENV)/bin/ruff format notifyd devtools tests twisted bench examples setup.py
+	$(VENV)/bin/ruff check --fix notifyd devtools tests twisted bench examples setup.py
 
 test: setup chromium haproxy lint
 	$(TEST_NODE) $(PY) -m devtools.devbroker start
@@ -124,7 +124,36 @@ demo: setup demo-kill
 	@echo "  Publish your own:    $(VENV)/bin/notifyd-publish --amqp-url '$(AMQP_URL)' invoice.sent '{\"invoice\": \"INV-1\"}'"
 	@echo "  Logs: $(RUN)/notifyd.log, $(RUN)/publisher.log    Stop everything: make demo-stop"
 
-demo-stop: demo-kill
+# The Python backend example of docs/integration.md: the demo's RabbitMQ,
+# notifyd with JWT tickets and the example authz file, and the example app.
+EXAMPLE_APP ?= 8000
+example: setup demo-kill example-stop
+	$(DEMO_NODE) $(PY) -m devtools.devbroker start
+	@mkdir -p $(RUN)
+	@[ -s notifyd-jwt.secret ] || { umask 077; $(PY) -c "import secrets; print(secrets.token_urlsafe(48))" > notifyd-jwt.secret; }
+	$(VENV)/bin/twistd --pidfile=$(RUN)/example-notifyd.pid --logfile=$(RUN)/example-notifyd.log notifyd \
+	  --amqp-url '$(AMQP_URL)' --listen tcp:$(DEMO_PORT):interface=127.0.0.1 \
+	  --authz-file docs/examples/authz.toml --jwt-secret-file notifyd-jwt.secret \
+	  --jwt-algorithm HS256 --jwt-audience notifyd --jwt-issuer http://127.0.0.1:$(EXAMPLE_APP) \
+	  --allowed-origins http://127.0.0.1:$(EXAMPLE_APP) --history 'acct.#'
+	@$(PY) -m devtools.devbroker wait-http http://127.0.0.1:$(DEMO_PORT)/readyz || \
+	  { echo "notifyd did not become ready; see $(RUN)/example-notifyd.log"; exit 1; }
+	@nohup $(PY) examples/python/app.py --amqp-url '$(AMQP_URL)' --port $(EXAMPLE_APP) \
+	  --notifyd http://127.0.0.1:$(DEMO_PORT) --notifyd-admin http://127.0.0.1:$(DEMO_PORT) \
+	  --jwt-secret-file notifyd-jwt.secret --issuer http://127.0.0.1:$(EXAMPLE_APP) --logged 'acct.#' \
+	  > $(RUN)/example-app.log 2>&1 & echo $$! > $(RUN)/example-app.pid
+	@$(PY) -m devtools.devbroker wait-http http://127.0.0.1:$(EXAMPLE_APP)/ || \
+	  { echo "the example app did not start; see $(RUN)/example-app.log"; exit 1; }
+	@echo
+	@echo "  The example backend runs at  http://127.0.0.1:$(EXAMPLE_APP)/  (notifyd at :$(DEMO_PORT))."
+	@echo "  Log in as alice, bob or carol and press the buttons; see docs/integration.md."
+	@echo "  Logs: $(RUN)/example-app.log, $(RUN)/example-notifyd.log    Stop: make example-stop"
+
+example-stop:
+	-@[ -f $(RUN)/example-app.pid ] && kill $$(cat $(RUN)/example-app.pid) 2>/dev/null; rm -f $(RUN)/example-app.pid
+	-@[ -f $(RUN)/example-notifyd.pid ] && kill $$(cat $(RUN)/example-notifyd.pid) 2>/dev/null; rm -f $(RUN)/example-notifyd.pid
+
+demo-stop: demo-kill example-stop
 	-@[ -x $(PY) ] && $(DEMO_NODE) $(PY) -m devtools.devbroker stop
 
 demo-kill:
