@@ -71,6 +71,7 @@ async function main() {
     };
     const sid = (/(?:^|;\s*)session=([^;]+)/.exec(req.headers.cookie || "") || [])[1];
     const login = sid && sessions.get(sid);
+    if (url.pathname === "/favicon.ico") { return reply(204, ""); }
     if (url.pathname === "/login") {
       const user = url.searchParams.get("user");
       if (!USERS[user]) { return reply(404, "no such user\n"); }

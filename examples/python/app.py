@@ -120,6 +120,8 @@ class App:
     def __call__(self, environ: dict[str, Any], start: Any) -> list[bytes]:
         path, method = environ["PATH_INFO"], environ["REQUEST_METHOD"]
         login = self.user(environ)
+        if path == "/favicon.ico":
+            return self.reply(start, "204 No Content", b"")
         if path == "/login":
             wanted = parse_qs(environ.get("QUERY_STRING", "")).get("user", [""])[0]
             if wanted not in USERS:
