@@ -11,7 +11,7 @@ AMQP_URL := amqp://guest:guest@127.0.0.1:26720/%2F
 DEMO_PORT ?= 8080
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup venv npm rabbitmq-installed chromium haproxy demo demo-kill demo-stop example example-stop test unit conformance fuzz soak bench bench-quick lint format clean
+.PHONY: setup venv npm rabbitmq-installed chromium haproxy ruby demo demo-kill demo-stop example example-stop test unit conformance fuzz soak bench bench-quick lint format clean
 
 setup: venv npm rabbitmq-installed
 
@@ -55,6 +55,13 @@ haproxy:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 
+# Debian's Ruby with bunny and jwt for the Ruby backend example's test
+ruby:
+	@ruby -e 'require "bunny"; require "jwt"' 2>/dev/null || { \
+	  echo "installing Debian's ruby, ruby-bunny and ruby-jwt"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ruby ruby-bunny ruby-jwt; }
+
 lint: venv
 	$(VENV)/bin/ruff check notifyd devtools tests twisted bench examples setup.py
 	$(VENV)/bin/ruff format --check notifyd devtools tests twisted bench examples setup.py
@@ -63,7 +70,7 @@ format: venv
 	$(VENV)/bin/ruff format notifyd devtools tests twisted bench examples setup.py
 	$(VENV)/bin/ruff check --fix notifyd devtools tests twisted bench examples setup.py
 
-test: setup chromium haproxy lint
+test: setup chromium haproxy ruby lint
 	$(TEST_NODE) $(PY) -m devtools.devbroker start
 	@rc=0; $(TEST_NODE) $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	$(TEST_NODE) $(PY) -m devtools.devbroker stop; \

@@ -128,13 +128,13 @@ def bodies(client: Any) -> list[str]:
 
 
 @defer.inlineCallbacks
-def users(spawn: Any, node: Any, app: ExampleApp) -> Any:
+def users(spawn: Any, node: Any, tickets: Any) -> Any:
     """alice (account 42, admin), bob (42, user), carol (7, user), each
-    logged in with a ticket of the example app and subscribed to their
-    account's topics."""
+    logged in with a ticket of ``tickets(user)`` (an example backend's) and
+    subscribed to their account's topics."""
     out = {}
     for user, account in (("alice", "42"), ("bob", "42"), ("carol", "7")):
-        value = yield deferToThread(app.ticket, user)
+        value = yield deferToThread(tickets, user)
         client = yield spawn.js(node.url, auth=ticket(value))
         assert client.authid == user and client.authrole == ("admin" if user == "alice" else "user")
         r = yield client.subscribe("s", f"acct.{account}.", "prefix")
@@ -166,7 +166,7 @@ def test_python_example_publishes_with_the_right_targeting(spawn, rabbit, exchan
     )
     yield deferToThread(app.start)
     try:
-        clients = yield users(spawn, node, app)
+        clients = yield users(spawn, node, app.ticket)
         sys.path.insert(0, str(EXAMPLES / "python"))
         from notifications import Notifications
 
@@ -199,7 +199,7 @@ def test_node_example_publishes_with_the_right_targeting(spawn, rabbit, exchange
     )
     yield deferToThread(app.start)
     try:
-        clients = yield users(spawn, node, app)  # the Node app's tickets
+        clients = yield users(spawn, node, app.ticket)  # the Node app's tickets
         out = yield deferToThread(
             subprocess.run,
             ["node", str(EXAMPLES / "node" / "notifications.js"), rabbit.url, exchange],
@@ -221,6 +221,36 @@ def test_node_example_publishes_with_the_right_targeting(spawn, rabbit, exchange
         assert all(isinstance(e["publication"], int) for e in events)
     finally:
         app.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_ruby_example_tickets_and_targeting(spawn, rabbit, exchange, secret_file):
+    """examples/ruby/backend.rb (Debian's ruby-bunny and ruby-jwt): its
+    tickets log in, its events reach exactly their audience."""
+    node = yield spawn.notifyd(*secured_args(secret_file), anonymous=False)
+    script = str(EXAMPLES / "ruby" / "backend.rb")
+
+    def ruby(*args: str) -> str:
+        out = subprocess.run(
+            ["ruby", script, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    clients = yield users(spawn, node, lambda user: ruby("ticket", str(secret_file), user))
+    yield deferToThread(ruby, "publish", rabbit.url, exchange)
+    yield end_marks(rabbit, exchange, clients)
+    assert bodies(clients["alice"]) == [
+        "bob added Initech",
+        "Invoice INV-2002 is overdue",  # alice is an admin
+        "system added END",
+    ]
+    assert bodies(clients["bob"]) == [
+        "bob added Initech",
+        "Invoice INV-2001 was sent",  # bob's own
+        "system added END",
+    ]
+    assert bodies(clients["carol"]) == ["system added END"]
 
 
 @pytest.mark.parametrize("kind", ["python", "node"])
