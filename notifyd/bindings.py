@@ -60,6 +60,8 @@ class Bindings:
         self._attached: Deferred[None] | None = None
         #: called (no arguments) when the channel is lost
         self.on_detach: list[Any] = []
+        #: called with a key each time it is confirmed bound (and settled)
+        self.on_bound: Callable[[str], None] | None = None
 
     # -- queries --------------------------------------------------------
     @property
@@ -220,7 +222,13 @@ class Bindings:
             self._summarized = now
             self._summary = (self.added, self.removed)
 
+    def settled(self, key: str) -> bool:
+        """Is ``key`` bound on the current channel, with no change in flight?"""
+        return key in self._bound and key not in self._inflight
+
     def _wake(self, key: str) -> None:
         waiters = self._waiters.pop(key, [])
         for d in waiters:
             d.callback(None)
+        if self.on_bound is not None:
+            self.on_bound(key)

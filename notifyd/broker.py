@@ -171,10 +171,19 @@ class Broker:
         sub = self._exact.get(topic)
         if sub is not None and (sub.ready or not ready):
             found.append(sub)
-        if self._prefix:
-            for prefix, sub in self._prefix.items():
-                if (sub.ready or not ready) and topic.startswith(prefix):
-                    found.append(sub)
+        prefixes = self._prefix
+        if prefixes:
+            if len(prefixes) > len(topic):
+                # many prefix subscriptions (per user): look up each prefix
+                # of the topic instead of testing every subscription
+                for end in range(len(topic) + 1):
+                    sub = prefixes.get(topic[:end])
+                    if sub is not None and (sub.ready or not ready):
+                        found.append(sub)
+            else:
+                for prefix, sub in prefixes.items():
+                    if (sub.ready or not ready) and topic.startswith(prefix):
+                        found.append(sub)
         if self._wildcard:
             parts = topic.split(".")
             for sub in self._wildcard.get(len(parts), {}).values():

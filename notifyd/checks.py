@@ -181,6 +181,13 @@ def between(lo: float, hi: float) -> Callable[[Any], Any]:
     return check
 
 
+def compaction(value: int) -> int:
+    """0 (off) or a threshold of at least 2 keys."""
+    if value != 0 and not 2 <= value <= 10_000_000:
+        raise ConfigError("must be 0 (off) or between 2 and 10000000")
+    return value
+
+
 def directory(value: str | None) -> str | None:
     if value is not None and not Path(value).is_dir():
         raise ConfigError(f"{value!r} is not a directory")

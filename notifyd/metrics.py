@@ -15,6 +15,8 @@ notifyd_sessions                           gauge  serializer
 notifyd_subscriptions                      gauge  match
 notifyd_subscribers                        gauge
 notifyd_amqp_bindings                      gauge
+notifyd_amqp_binding_keys                  gauge
+notifyd_amqp_compacted_groups              gauge
 notifyd_amqp_ready                         gauge
 notifyd_events_received_total              counter
 notifyd_events_delivered_total             counter (one per EVENT written to a session)
@@ -116,6 +118,17 @@ class NotifydCollector(Collector):
             "notifyd_amqp_bindings",
             "binding keys confirmed on this node's queue",
             value=len(svc.bindings.bound),
+        )
+        yield GaugeMetricFamily(
+            "notifyd_amqp_binding_keys",
+            "binding keys this node's subscriptions need (more than notifyd_amqp_bindings "
+            "while groups are compacted)",
+            value=len(svc.bindings.wanted),
+        )
+        yield GaugeMetricFamily(
+            "notifyd_amqp_compacted_groups",
+            "topic groups bound by one group key instead of one binding per key",
+            value=len(getattr(svc.bindings, "compacted", ())),
         )
         yield GaugeMetricFamily(
             "notifyd_amqp_ready", "1 while consuming from RabbitMQ", value=int(svc.amqp.ready)

@@ -32,6 +32,7 @@ from notifyd.auth import (
 from notifyd.authz import Authorizer, load_authz
 from notifyd.bindings import Bindings
 from notifyd.broker import Broker
+from notifyd.compaction import CompactingBindings
 from notifyd.events import Publication
 from notifyd.history import History, HistorySettings
 from notifyd.ingest import LogWriter
@@ -211,7 +212,7 @@ class Node:
     """The parts of one node (what ``/readyz`` and ``/metrics`` read)."""
 
     settings: configmod.Config
-    bindings: Bindings
+    bindings: Bindings | CompactingBindings
     broker: Broker
     router: Router
     history: History | None
@@ -246,7 +247,9 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
     broker, router and the WebSocket factory.  (The listening services are
     added by :class:`notifyd.tap.NotifydService`.)"""
     stats = Stats()
-    bindings = Bindings()
+    bindings: Bindings | CompactingBindings = Bindings()
+    if settings.binding_compaction:
+        bindings = CompactingBindings(bindings, settings.binding_compaction)
     policy = make_policy(settings)
     if policy.ticket is not None and not settings.jwt_audience:
         _log.warn(

@@ -227,9 +227,21 @@ class Router:
         With history, topics the log keeps are skipped here: the log's
         consumer delivers them (with their log position as publication id).
         """
-        logged = self._logged
-        if logged is not None and type(routing_key) is str and logged(routing_key):
-            return 0  # the event log's consumer delivers it
+        subs = None
+        if type(routing_key) is str:
+            logged = self._logged
+            if logged is not None and logged(routing_key):
+                return 0  # the event log's consumer delivers it
+            # before any decoding: a delivery no subscription here wants (a
+            # compacted group binding brings the group's every topic, or the
+            # subscription just went) costs a lookup, nothing more
+            subs = self.broker.match(routing_key)
+            for sub in subs:
+                if sub.has_subscribers:
+                    break
+            else:
+                self.stats.inc("events_unwanted")
+                return 0
         try:
             event = decode_delivery(routing_key, properties, body, self.policy.max_message_size)
         except BadEvent as e:
@@ -237,7 +249,7 @@ class Router:
             raise
         if not event.publication:  # no wamp-publication header
             event.publication = publication_id()
-        return self._fan_out(event)
+        return self._fan_out(event, subs)
 
     def _timed_log_entry(self, offset: int, topic: str, entry: object) -> None:
         started = perf_counter()

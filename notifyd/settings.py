@@ -175,6 +175,15 @@ SETTINGS: tuple[Setting, ...] = (
         checks.origins,
     ),
     Setting(
+        "binding_compaction",
+        int,
+        256,
+        "Bind a group of topics (their first word, e.g. user.#) once when this node "
+        "holds more than this many binding keys in it, and filter locally; split it "
+        "again below half (docs/scaling.md). 0: one binding per key.",
+        checks.compaction,
+    ),
+    Setting(
         "prefetch",
         int,
         256,

@@ -32,6 +32,11 @@ class CounterSpec:
 
 COUNTERS: dict[str, CounterSpec] = {
     "events_received": CounterSpec("notifyd_events_received", "AMQP deliveries decoded as events"),
+    "events_unwanted": CounterSpec(
+        "notifyd_events_unwanted",
+        "AMQP deliveries no subscription on this node wanted, dropped before decoding "
+        "(compacted bindings, subscriptions that just ended)",
+    ),
     "events_delivered": CounterSpec(
         "notifyd_events_delivered", "EVENT messages written to sessions"
     ),
