@@ -39,8 +39,13 @@ const expect = cfg.expect || 0;
 // "tabsPerTopic": k gives k connections in a row the same topic (scenario S:
 // k browser tabs of one user, each connected on its own)
 const topicIndex = (i) => Math.floor(i / (cfg.tabsPerTopic || 1));
+// "topicsPerConn": k with a topicFormat holding "{j}" gives connection i the
+// k topics j = 0..k-1 (scenario X: many per-user subscriptions per session)
 const topicsFor = (i) =>
-  cfg.topicFormat ? [cfg.topicFormat.replace("{i}", String(topicIndex(i)))]
+  cfg.topicFormat && cfg.topicsPerConn
+    ? Array.from({ length: cfg.topicsPerConn },
+        (_, j) => cfg.topicFormat.replace("{i}", String(topicIndex(i))).replace("{j}", String(j)))
+  : cfg.topicFormat ? [cfg.topicFormat.replace("{i}", String(topicIndex(i)))]
   : cfg.topicPerClient ? [`${cfg.topicPerClient}.${i}`] : cfg.topics || [];
 const ownTopic = !!(cfg.topicPerClient || cfg.topicFormat);
 

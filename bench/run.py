@@ -67,6 +67,8 @@ QUICK = {
     "T": (1000, 2000, 5, 10000),
     # R: clients, event rate, seconds before the kill, seconds after it
     "R": (2000, 500, 3, 6),
+    # X: sessions x per-user topics each
+    "X": (200, 100),
 }
 FULL = {
     "A": (1000, 300),
@@ -78,6 +80,7 @@ FULL = {
     "H": ((1000, 300), (1000, 15), 10000),
     "T": (1000, 3000, 20, 40000),
     "R": (5000, 500, 5, 15),
+    "X": (1000, 100),
 }
 #: pid of the bench RabbitMQ node (its CPU is reported where it matters)
 BROKER_PID: int | None = None
@@ -533,6 +536,118 @@ def scenario_p(amqp: str, n: int, rate: int, count: int, rounds: int = 2) -> lis
             x = scenario_t(amqp, "notifyd", n, rate, count, extra=extra, receipt=receipt)
             out.append({"variant": name, "round": r, **x})
     return out
+
+
+def _ready_after(port: int, timeout: float = 900) -> float:
+    """Seconds until notifyd's /readyz answers 200 (polled every 20 ms)."""
+    import urllib.error
+    import urllib.request
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return time.time() - t0
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.02)
+    raise RuntimeError("notifyd did not become ready again")
+
+
+def scenario_x(node: Node, sessions: int, topics: int, compaction: int, port: int = 18087) -> dict:
+    """X: ``sessions`` x ``topics`` distinct per-user subscriptions
+    (``user.<i>.t<j>``) on one node; RabbitMQ restarted; how long until
+    every subscription is live again, then one event to each session."""
+    global BROKER_PID
+    amqp = node.url
+    ex = fresh_exchange()
+    extra = [
+        "--binding-compaction",
+        str(compaction),
+        "--amqp-max-retry-delay",
+        "0.5",
+        "--max-subscriptions-per-session",
+        str(topics),
+    ]
+    srv = serve("notifyd", amqp, ex, port, extra=extra)
+    try:
+        t0 = time.time()
+        lg = LoadGen(
+            {
+                "url": srv.url,
+                "n": sessions,
+                "mode": "wamp",
+                "topicFormat": "user.{i}.t{j}",
+                "topicsPerConn": topics,
+                "expectTotal": sessions,
+                "timeout": 1800,
+                "batch": 50,
+                "holdOpen": True,
+            }
+        )
+        subscribed_s = time.time() - t0
+        t1 = time.time()
+        node.stop()
+        node.start()
+        BROKER_PID = node.server_pid()
+        up = time.time()
+        restart_s = up - t1
+        ready_s = _ready_after(port)
+        publish(amqp, ex, topicFormat="user.{k}.t7", roundRobin=sessions, count=sessions)
+        res = lg.summary()
+        lg.close()
+    finally:
+        srv.stop()
+    return {
+        "compaction": compaction,
+        "sessions": sessions,
+        "subscriptions": sessions * topics,
+        "subscribed_s": subscribed_s,
+        "rabbitmq_restart_s": restart_s,
+        "live_again_s": ready_s,
+        "delivered": res["events"],
+        "missing": res["missing"],
+    }
+
+
+def scenario_u(amqp: str, keys: int, count: int, port: int = 18088) -> dict:
+    """U: the cost of a delivery nobody on the node wants: a compacted group
+    (``keys`` subscriptions in ``user.``) and ``count`` events to other
+    users' topics, which the group binding brings and the node drops."""
+    ex = fresh_exchange()
+    srv = serve("notifyd", amqp, ex, port, extra=["--binding-compaction", "256"])
+    try:
+        lg = LoadGen(
+            {
+                "url": srv.url,
+                "n": keys,
+                "mode": "wamp",
+                "topicFormat": "user.{i}.t0",
+                "expectTotal": 1,
+                "timeout": 600,
+                "holdOpen": True,
+            }
+        )
+        cpu0 = srv.cpu()
+        t0 = time.time()
+        publish(amqp, ex, topicFormat="user.other{k}.t0", roundRobin=1000, count=count)
+        # one wanted event last: once it arrived, every unwanted one was handled
+        publish(amqp, ex, topic="user.0.t0", count=1)
+        res = lg.summary()
+        seconds = time.time() - t0
+        cpu = srv.cpu() - cpu0
+        lg.close()
+    finally:
+        srv.stop()
+    return {
+        "keys": keys,
+        "unwanted": count,
+        "server_cpu_s": cpu,
+        "cpu_per_unwanted_us": cpu / count * 1e6,
+        "seconds": seconds,
+        "wanted_delivered": res["events"],
+    }
 
 
 def scenario_w(amqp: str, n: int, count: int) -> list[dict]:
@@ -996,6 +1111,11 @@ def main() -> int:
             results["P"] = scenario_p(amqp, n, rate, rate * secs)
         if want("S"):
             results["S"] = scenario_s(amqp, 1000, 5)
+        if want("X"):
+            sessions, topics = sizes["X"]
+            results["X"] = [scenario_x(node, sessions, topics, c) for c in (256, 0)]
+        if want("U"):
+            results["U"] = [scenario_u(amqp, 300, 20000) for _ in range(2)]
         if want("W"):
             n, _, _, unpaced = sizes["T"]
             results["W"] = scenario_w(amqp, n, unpaced)
@@ -1082,6 +1202,23 @@ def report(r: dict) -> None:
         report_t(r["T"])
     if "P" in r:
         report_p(r["P"])
+    if "X" in r:
+        print("\nX  per-user subscriptions on one node, RabbitMQ restarted (issue 18)")
+        for x in r["X"]:
+            print(
+                f"   compaction {x['compaction']:>4}: {x['subscriptions']} subscriptions "
+                f"({x['sessions']} sessions) subscribed in {x['subscribed_s']:.1f} s; RabbitMQ "
+                f"restart {x['rabbitmq_restart_s']:.1f} s; all live again {x['live_again_s']:.2f} s "
+                f"after it was up; {x['delivered']} of {x['sessions']} test events, "
+                f"{x['missing']} missing"
+            )
+    if "U" in r:
+        print("\nU  deliveries nobody on the node wants (a compacted group)")
+        for x in r["U"]:
+            print(
+                f"   {x['unwanted']} unwanted: {x['server_cpu_s']:.2f} s server CPU = "
+                f"{x['cpu_per_unwanted_us']:.1f} µs each ({x['seconds']:.1f} s)"
+            )
     if "W" in r:
         report_w(r["W"])
     if "S" in r:

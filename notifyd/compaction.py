@@ -37,6 +37,8 @@ from notifyd.bindings import Binder, Bindings
 from notifyd.logs import Logger
 
 SPLIT, COMPACTING, COMPACT, EXPANDING = "split", "compacting", "compact", "expanding"
+#: seconds a compacted group must stay small before it is split again
+SPLIT_AFTER = 10.0
 
 
 def group_of(key: str) -> str | None:
@@ -57,6 +59,8 @@ class _Group:
     members: set[str] = field(default_factory=set)
     #: the members that hold a binding of their own
     held: set[str] = field(default_factory=set)
+    #: the delayed split, while compact and small
+    split_call: Any = None
 
 
 def _ignore_cancel(f: Failure) -> None:
@@ -68,14 +72,26 @@ class CompactingBindings:
 
     _log = Logger()
 
-    def __init__(self, physical: Bindings, threshold: int) -> None:
+    def __init__(
+        self,
+        physical: Bindings,
+        threshold: int,
+        *,
+        clock: Any = None,
+        split_after: float = SPLIT_AFTER,
+    ) -> None:
         """``threshold``: compact a group that holds more keys than this;
-        split it again below half of it."""
+        split it again once it stayed below half of it for ``split_after``
+        seconds (on ``clock``; without one, at once), so that a mass
+        disconnect (a node stopping, a deploy) does not bind every member
+        on its way out."""
         if threshold < 2:
             raise ValueError("threshold must be at least 2")
         self.physical = physical
         self.threshold = threshold
         self.low = threshold // 2
+        self._clock = clock
+        self._split_after = split_after
         self._refs: dict[str, int] = {}
         self._groups: dict[str, _Group] = {}
         #: key -> the Deferreds waiting for it to be covered
@@ -222,13 +238,17 @@ class CompactingBindings:
                 self.physical.release(group.key)
                 self._consider(group)
         elif group.state == COMPACT:
-            if n < self.low:
-                group.state = EXPANDING
-                self._log.info("splitting {group} into {n} bindings", group=group.key, n=n)
-                for key in group.members:
-                    group.held.add(key)
-                    self._hold(key)
-                self._expanded(group)
+            if n == 0:  # nothing to split into
+                self._cancel_split(group)
+                group.state = SPLIT
+                self.physical.release(group.key)
+                del self._groups[group.key]
+            elif n < self.low and self._clock is None:
+                self._split(group)
+            elif n < self.low and group.split_call is None:
+                group.split_call = self._clock.callLater(
+                    self._split_after, self._split_if_small, group
+                )
         elif group.state == EXPANDING:
             if n > self.threshold:  # grew again: the group key is still bound
                 group.state = COMPACT
@@ -237,6 +257,25 @@ class CompactingBindings:
                 group.held.clear()
             else:
                 self._expanded(group)
+
+    def _split_if_small(self, group: _Group) -> None:
+        group.split_call = None
+        if group.state == COMPACT and 0 < len(group.members) < self.low:
+            self._split(group)
+
+    def _cancel_split(self, group: _Group) -> None:
+        if group.split_call is not None and group.split_call.active():
+            group.split_call.cancel()
+        group.split_call = None
+
+    def _split(self, group: _Group) -> None:
+        """Bind every member again; the group key goes once they are bound."""
+        group.state = EXPANDING
+        self._log.info("splitting {group} into {n} bindings", group=group.key, n=len(group.members))
+        for key in group.members:
+            group.held.add(key)
+            self._hold(key)
+        self._expanded(group)
 
     def _compacted(self, group: _Group) -> None:
         """The group key is bound: the members' own bindings can go."""

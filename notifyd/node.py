@@ -249,7 +249,7 @@ def build_node(settings: configmod.Config, reactor: Any) -> Node:
     stats = Stats()
     bindings: Bindings | CompactingBindings = Bindings()
     if settings.binding_compaction:
-        bindings = CompactingBindings(bindings, settings.binding_compaction)
+        bindings = CompactingBindings(bindings, settings.binding_compaction, clock=reactor)
     policy = make_policy(settings)
     if policy.ticket is not None and not settings.jwt_audience:
         _log.warn(

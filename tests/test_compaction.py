@@ -179,3 +179,32 @@ def test_random_walk_never_uncovers_a_live_key(seed):
     q.complete()
     assert all(covered(k) for k in held)
     assert set(held) == set(b.wanted)
+
+
+def test_a_small_group_is_split_only_after_it_stayed_small():
+    """A mass disconnect does not bind every member on its way out."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    b = CompactingBindings(Bindings(), 4, clock=clock, split_after=10)
+    q = Queue(auto=True)
+    b.attach(q)
+    keys = [f"user.{i}.#" for i in range(6)]
+    for k in keys:
+        b.acquire(k)
+    assert q.applied == {"user.#"}
+    for k in keys[:5]:
+        b.release(k)
+    clock.advance(9)
+    assert q.applied == {"user.#"}  # not yet
+    b.release(keys[5])  # the last one goes too: the group key goes, nothing is bound
+    assert q.applied == set()
+    clock.advance(5)
+    assert q.applied == set() and b.compacted == []
+    # small for long enough: split
+    for k in keys:
+        b.acquire(k)
+    for k in keys[:5]:
+        b.release(k)
+    clock.advance(10)
+    assert q.applied == {"user.5.#"}
