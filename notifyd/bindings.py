@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pika.exceptions import AMQPChannelError, AMQPConnectionError
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 
 from notifyd.logs import Logger
 
@@ -58,6 +60,8 @@ class Bindings:
         self._generation = 0
         self._attaching: set[str] = set()
         self._attached: Deferred[None] | None = None
+        #: the channel generation whose lost changes were logged already
+        self._lost_generation = -1
         #: called (no arguments) when the channel is lost
         self.on_detach: list[Any] = []
         #: called with a key each time it is confirmed bound (and settled)
@@ -199,7 +203,18 @@ class Bindings:
             self._inflight.discard(key)
             # A failed queue.bind closes the channel; the AMQP service
             # reconnects and attach() retries every held key.
-            self._log.failure("AMQP binding change for {key} failed", f, key=key)
+            if f.check(ConnectionLost, ConnectionDone, AMQPConnectionError, AMQPChannelError):
+                # the connection or channel went with changes in flight (one
+                # line, not one per key: there may be thousands)
+                if self._lost_generation != generation:
+                    self._lost_generation = generation
+                    self._log.warn(
+                        "AMQP binding changes in flight when the channel closed ({why}); "
+                        "they are applied again on reconnect",
+                        why=f.getErrorMessage(),
+                    )
+            else:
+                self._log.failure("AMQP binding change for {key} failed", f, key=key)
             self._attach_progress(key, f)
 
         op(key).addCallbacks(done, failed)

@@ -203,9 +203,11 @@ class CompactingBindings:
         if group is None:
             group = self._groups[gkey] = _Group(gkey)
         group.members.add(key)
-        if group.state != COMPACT:
+        if group.state in (SPLIT, EXPANDING):
             group.held.add(key)
             self._hold(key)
+        # compacting or compact: covered once the group key is bound (a
+        # burst of subscriptions must not queue a bind per key behind it)
         self._consider(group)
 
     def _remove(self, key: str) -> None:
@@ -235,6 +237,9 @@ class CompactingBindings:
         elif group.state == COMPACTING:
             if n < self.low:  # shrank before the group key was bound: stay split
                 group.state = SPLIT
+                for key in group.members - group.held:  # joined meanwhile
+                    group.held.add(key)
+                    self._hold(key)
                 self.physical.release(group.key)
                 self._consider(group)
         elif group.state == COMPACT:
