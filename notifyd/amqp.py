@@ -10,7 +10,9 @@ publisher-confirm mode and starts consuming with manual acks.  Each delivery
 is handed to the router synchronously (decoded once, fanned out into the
 sessions' transports) and acked afterwards; a delivery the router refuses
 (:class:`notifyd.events.BadEvent`) is rejected without requeue so that a
-dead-letter exchange, if configured, catches it.
+dead-letter exchange, if configured, catches it; one no subscription on this
+node wants (a compacted group binding, see :mod:`notifyd.compaction`) is
+acked unread.
 
 While RabbitMQ is unreachable the service retries with exponential backoff;
 WebSocket sessions stay open and subscribed, new SUBSCRIBEs wait for their

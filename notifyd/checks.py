@@ -182,9 +182,9 @@ def between(lo: float, hi: float) -> Callable[[Any], Any]:
 
 
 def compaction(value: int) -> int:
-    """0 (off) or a threshold of at least 2 keys."""
-    if value != 0 and not 2 <= value <= 10_000_000:
-        raise ConfigError("must be 0 (off) or between 2 and 10000000")
+    """0 (off) or a threshold of at least 4 keys."""
+    if value != 0 and not 4 <= value <= 10_000_000:
+        raise ConfigError("must be 0 (off) or between 4 and 10000000")
     return value
 
 

@@ -85,8 +85,8 @@ class CompactingBindings:
         seconds (on ``clock``; without one, at once), so that a mass
         disconnect (a node stopping, a deploy) does not bind every member
         on its way out."""
-        if threshold < 2:
-            raise ValueError("threshold must be at least 2")
+        if threshold < 4:
+            raise ValueError("threshold must be at least 4 (below half of it a group splits)")
         self.physical = physical
         self.threshold = threshold
         self.low = threshold // 2
@@ -230,7 +230,7 @@ class CompactingBindings:
                 group.state = COMPACTING
                 self._log.info("compacting {n} bindings into {group}", n=n, group=group.key)
                 self._hold(group.key)
-                if self.physical.settled(group.key):
+                if group.state == COMPACTING and self.physical.settled(group.key):
                     self._compacted(group)
             elif n == 0:
                 del self._groups[group.key]
@@ -248,18 +248,23 @@ class CompactingBindings:
                 group.state = SPLIT
                 self.physical.release(group.key)
                 del self._groups[group.key]
-            elif n < self.low and self._clock is None:
+            elif n >= self.low:
+                self._cancel_split(group)  # grew again: it must stay small a full delay
+            elif self._clock is None:
                 self._split(group)
-            elif n < self.low and group.split_call is None:
+            elif group.split_call is None:
                 group.split_call = self._clock.callLater(
                     self._split_after, self._split_if_small, group
                 )
         elif group.state == EXPANDING:
-            if n > self.threshold:  # grew again: the group key is still bound
-                group.state = COMPACT
-                for key in group.held:
-                    self.physical.release(key)
-                group.held.clear()
+            if n > self.threshold:  # grew again: keep the group key
+                if self.physical.settled(group.key):
+                    group.state = COMPACT
+                    for key in group.held:
+                        self.physical.release(key)
+                    group.held.clear()
+                else:  # not bound on this channel yet (a reconnect): wait for it
+                    group.state = COMPACTING
             else:
                 self._expanded(group)
 

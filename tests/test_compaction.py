@@ -139,7 +139,7 @@ def test_random_walk_never_uncovers_a_live_key(seed):
     re-attaches: once a key's acquire fired, RabbitMQ's bindings cover it
     until it is released or the channel is lost."""
     rnd = random.Random(seed)
-    b = CompactingBindings(Bindings(), 3)
+    b = CompactingBindings(Bindings(), 4)
     q = Queue()
     b.attach(q)
     held: dict[str, int] = {}
@@ -208,3 +208,33 @@ def test_a_small_group_is_split_only_after_it_stayed_small():
         b.release(k)
     clock.advance(10)
     assert q.applied == {"user.5.#"}
+
+
+def test_a_group_that_grew_again_waits_a_full_delay_before_it_splits():
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    b = CompactingBindings(Bindings(), 4, clock=clock, split_after=10)
+    q = Queue(auto=True)
+    b.attach(q)
+    keys = [f"user.{i}.#" for i in range(6)]
+    for k in keys:
+        b.acquire(k)
+    b.release(keys[0])
+    for k in keys[1:5]:
+        b.release(k)  # 1 left: small
+    clock.advance(8)
+    for k in keys[1:3]:
+        b.acquire(k)  # 3: not small any more
+    clock.advance(1)
+    for k in keys[1:3]:
+        b.release(k)  # small again
+    clock.advance(2)  # the first timer would have fired by now
+    assert q.applied == {"user.#"}
+    clock.advance(8)
+    assert q.applied == {"user.5.#"}
+
+
+def test_thresholds_below_four_are_refused():
+    with pytest.raises(ValueError):
+        CompactingBindings(Bindings(), 3)
