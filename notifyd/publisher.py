@@ -60,10 +60,10 @@ from notifyd.events import (
     HEADER_PAYLOAD,
     HEADER_RECEIPT,
     HEADER_RETAIN,
-    MAX_FALLBACK_AFTER,
     PAYLOAD_ENVELOPE,
     check_value,
 )
+from notifyd.events import fallback_after as parse_fallback_after
 from notifyd.topics import PatternSet, validate_topic
 
 
@@ -136,10 +136,8 @@ def event_headers(
         headers[HEADER_RETAIN] = True
     if receipt:
         headers[HEADER_RECEIPT] = True
-    if fallback_after is not None:
-        if isinstance(fallback_after, bool) or not 0 < fallback_after <= MAX_FALLBACK_AFTER:
-            raise ValueError(f"fallback_after must be in (0, {MAX_FALLBACK_AFTER:g}] seconds")
-        headers[HEADER_FALLBACK_AFTER] = float(fallback_after)
+    if fallback_after is not None:  # checked as notifyd checks it (BadEvent is a ValueError)
+        headers[HEADER_FALLBACK_AFTER] = parse_fallback_after(HEADER_FALLBACK_AFTER, fallback_after)
     return headers
 
 

@@ -239,10 +239,11 @@ class Decider:
         """One message of the decide queue: a waiting event (it has the
         fallback header) or a ``displayed`` receipt."""
         headers = getattr(msg.properties, "headers", None) or {}
-        if any(k.lower() == HEADER_FALLBACK_AFTER for k in headers):
-            self._wait(tag, msg, headers)
-        else:
-            self._receipt(tag, msg.body)
+        for name, value in headers.items():
+            if name.lower() == HEADER_FALLBACK_AFTER:
+                self._wait(tag, msg, value)
+                return
+        self._receipt(tag, msg.body)
 
     def _refuse(self, tag: int, why: str) -> None:
         # the nodes refuse the event too (nobody got it): dead-lettered
@@ -250,8 +251,8 @@ class Decider:
         self.outcomes["refused"] += 1
         self._reject(tag)
 
-    def _wait(self, tag: int, msg: Any, headers: dict[str, Any]) -> None:
-        value = next(v for k, v in headers.items() if k.lower() == HEADER_FALLBACK_AFTER)
+    def _wait(self, tag: int, msg: Any, value: Any) -> None:
+        """``msg`` waits; ``value``: its fallback header."""
         try:
             delay = fallback_after(HEADER_FALLBACK_AFTER, value)
         except BadEvent as e:

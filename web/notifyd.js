@@ -287,6 +287,12 @@
     return raw && raw.pub === details.publication ? raw.details : details;
   }
 
+  /* The message_id a "displayed" report is for: given as is, or the id of
+   * an event whose backend asked for a receipt (else undefined). */
+  function receiptId(event) {
+    return typeof event === "string" ? event : event && event.receipt && event.messageId;
+  }
+
   /* ---- presence: how present the user of this page is -------------------
    * "hidden" when the page is not visible (Page Visibility), "idle" when it
    * is but there was no input for `idleAfter` seconds (default 60),
@@ -389,7 +395,7 @@
    * visible page; call it for events you show yourself.  Only events whose
    * backend asked for a receipt (event.receipt) are reported. */
   Notifier.prototype.displayed = function (event, session) {
-    var mid = typeof event === "string" ? event : event && event.receipt && event.messageId;
+    var mid = receiptId(event);
     session = session || this._session; // the session the event came in (a new one cannot report it)
     if (typeof mid !== "string" || !mid || !session || this._receiptsOff === session) {
       return;
@@ -1632,7 +1638,7 @@
 
   /* As Notifier.displayed: the session's host tab reports it. */
   SharedNotifier.prototype.displayed = function (event) {
-    var mid = typeof event === "string" ? event : event && event.receipt && event.messageId;
+    var mid = receiptId(event);
     if (typeof mid === "string" && mid) { this._send({ t: "displayed", mid: mid }); }
   };
 
